@@ -1,0 +1,2 @@
+//! Placeholder replaced by the microbenchmarks (locator parse, signing, MD5).
+fn main() {}

@@ -1,0 +1,1 @@
+//! keep-rsync (work in progress).

@@ -1,0 +1,2 @@
+//! keep-rsync binary (work in progress).
+fn main() {}

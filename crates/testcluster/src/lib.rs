@@ -1,0 +1,1 @@
+//! A local Arvados Keep cluster for tests (work in progress).
