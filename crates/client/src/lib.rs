@@ -11,10 +11,34 @@
 //! - [`locator`]: `hash+size+hints` parsing and formatting (§1). No I/O.
 //! - [`signing`]: `+A` permission signatures, sign and verify (§3). No I/O.
 //! - [`rendezvous`]: client probe order and keepstore volume order (§4). No I/O.
+//! - [`error`]: the one public [`Error`], its classification and [`Result`].
+//! - [`settings`]: `NAME.conf` settings files and `ARVADOS_*` variables (§9).
+//! - [`services`]: Keep service records from JSON or `ARVADOS_KEEP_SERVICES` (§7.3, §8.2).
+//! - [`index`]: a streaming parser for index bodies (§5.6). No I/O.
+//! - [`retry`]: retry counts and jittered backoff.
+//! - [`tls`]: rustls configuration (system roots, `SSL_CERT_FILE`, insecure mode).
+//! - [`controller`]: discovery document, cluster config, Keep service lists (§7).
+//! - [`keep`]: [`KeepClient`], GET/HEAD/PUT/index with retries and failover (§8).
+#![warn(missing_docs)]
 
+pub mod controller;
+pub mod error;
+pub mod index;
+pub mod keep;
 pub mod locator;
 pub mod rendezvous;
+pub mod retry;
+pub mod services;
+pub mod settings;
 pub mod signing;
+pub mod tls;
 
+pub use controller::{ClusterConfig, Controller, Discovery};
+pub use error::{Error, Result, ServiceFailure};
+pub use index::{IndexEntry, IndexError, IndexParser};
+pub use keep::{ClientOptions, ClusterInfo, IndexStats, KeepClient, PutResult};
 pub use locator::{BlockHash, Locator, LocatorError, MAX_BLOCK_SIZE};
+pub use retry::{Backoff, BackoffConfig, RetryConfig};
+pub use services::{KeepService, ServiceType};
+pub use settings::ClusterSettings;
 pub use signing::{SignatureError, SignatureFormat, SigningKey, Token};

@@ -1,0 +1,331 @@
+//! A pure, streaming parser for keepstore index bodies (§5.6). No I/O, so it can be
+//! fuzzed: feed it the body in chunks of any size; it holds at most one partial line.
+//!
+//! Rules (§5.6 and Go keep-balance's `KeepService.index`):
+//! - each line is `<32 lowercase hex>+<size> <mtime>`: exactly two fields separated by
+//!   one space;
+//! - mtime is nanoseconds since the epoch, except that values below 10^12 are seconds
+//!   (2015 keepstores, §14) and are multiplied by 10^9;
+//! - every entry's hash starts with the requested prefix;
+//! - the body ends with a blank line (`...\n\n`, or just `\n` when empty). A body
+//!   without it was cut short; anything after it (including a blank line that is not
+//!   the last line) is an error.
+
+use std::fmt;
+
+use crate::locator::BlockHash;
+
+/// One index line: a block stored on the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IndexEntry {
+    /// The block hash.
+    pub hash: BlockHash,
+    /// The stored size in bytes.
+    pub size: u64,
+    /// The last write or touch time, in nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+}
+
+/// Why an index body is not acceptable. Wrapped by the HTTP client into
+/// [`Error::IncompleteIndex`](crate::Error::IncompleteIndex) or
+/// [`Error::MalformedIndex`](crate::Error::MalformedIndex) with the service uuid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IndexError {
+    /// The body ended without the blank end-of-index line.
+    #[error("index ended without the blank end-of-index line")]
+    MissingTerminator,
+    /// Something follows the blank end-of-index line (a blank line that is not last).
+    #[error("line {line_number}: data after a blank line (the end-of-index marker must be last)")]
+    DataAfterTerminator {
+        /// 1-based line number of the first line after the blank one.
+        line_number: u64,
+    },
+    /// A line breaks the format, or its entry is outside the requested prefix.
+    #[error("line {line_number}: {problem}: {line:?}")]
+    Malformed {
+        /// 1-based line number.
+        line_number: u64,
+        /// The line, truncated to 100 characters.
+        line: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
+}
+
+/// Longest line kept while waiting for its end. A valid line has at most
+/// 32 + 1 + 8 + 1 + 20 characters; longer ones are malformed and need not be held.
+const MAX_LINE: usize = 128;
+/// Characters of a bad line kept in the error.
+const SHOWN_LINE: usize = 100;
+
+/// The streaming index parser.
+pub struct IndexParser {
+    prefix: String,
+    /// The current partial line (bounded by [`MAX_LINE`] + 1).
+    partial: Vec<u8>,
+    /// Lines completed so far.
+    lines: u64,
+    /// Whether the blank end-of-index line has been seen.
+    terminated: bool,
+}
+
+impl fmt::Debug for IndexParser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IndexParser")
+            .field("prefix", &self.prefix)
+            .field("lines", &self.lines)
+            .field("terminated", &self.terminated)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IndexParser {
+    /// A parser for an index requested with `prefix` (lowercase hex, possibly empty).
+    pub fn new(prefix: &str) -> IndexParser {
+        IndexParser {
+            prefix: prefix.to_owned(),
+            partial: Vec::new(),
+            lines: 0,
+            terminated: false,
+        }
+    }
+
+    /// Number of complete lines seen so far (entries plus the terminator).
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+
+    /// Parses the next chunk of the body, calling `out` for each complete entry.
+    ///
+    /// # Errors
+    /// An [`IndexError`] at the first bad line; the parser must not be used after.
+    pub fn feed(
+        &mut self,
+        mut chunk: &[u8],
+        out: &mut impl FnMut(IndexEntry),
+    ) -> Result<(), IndexError> {
+        while !chunk.is_empty() {
+            if self.terminated {
+                return Err(IndexError::DataAfterTerminator {
+                    line_number: self.lines + 1,
+                });
+            }
+            match chunk.iter().position(|&b| b == b'\n') {
+                Some(nl) => {
+                    let (head, rest) = (&chunk[..nl], &chunk[nl + 1..]);
+                    chunk = rest;
+                    if self.partial.is_empty() {
+                        self.line(head, out)?;
+                    } else {
+                        self.push_partial(head)?;
+                        let line = std::mem::take(&mut self.partial);
+                        self.line(&line, out)?;
+                        // Reuse the allocation for the next split line.
+                        self.partial = line;
+                        self.partial.clear();
+                    }
+                }
+                None => {
+                    self.push_partial(chunk)?;
+                    chunk = &[];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the body ended properly.
+    ///
+    /// # Errors
+    /// [`IndexError::MissingTerminator`] if the blank end-of-index line was not seen
+    /// (including when the body stops in the middle of a line).
+    pub fn finish(self) -> Result<(), IndexError> {
+        if self.terminated && self.partial.is_empty() {
+            Ok(())
+        } else {
+            Err(IndexError::MissingTerminator)
+        }
+    }
+
+    fn push_partial(&mut self, bytes: &[u8]) -> Result<(), IndexError> {
+        self.partial.extend_from_slice(bytes);
+        if self.partial.len() > MAX_LINE {
+            return Err(self.malformed(&self.partial.clone(), self.lines + 1, "line too long"));
+        }
+        Ok(())
+    }
+
+    fn malformed(&self, line: &[u8], line_number: u64, problem: &'static str) -> IndexError {
+        let text = String::from_utf8_lossy(line);
+        IndexError::Malformed {
+            line_number,
+            line: text.chars().take(SHOWN_LINE).collect(),
+            problem,
+        }
+    }
+
+    fn line(&mut self, line: &[u8], out: &mut impl FnMut(IndexEntry)) -> Result<(), IndexError> {
+        self.lines += 1;
+        let n = self.lines;
+        if line.is_empty() {
+            self.terminated = true;
+            return Ok(());
+        }
+        let entry = parse_line(line).map_err(|p| self.malformed(line, n, p))?;
+        if !entry.hash.has_hex_prefix(&self.prefix) {
+            return Err(self.malformed(line, n, "entry does not match the requested prefix"));
+        }
+        out(entry);
+        Ok(())
+    }
+}
+
+/// Parses `<32hex>+<size> <mtime>`.
+fn parse_line(line: &[u8]) -> Result<IndexEntry, &'static str> {
+    let mut fields = line.split(|&b| b == b' ');
+    let (Some(loc), Some(mtime), None) = (fields.next(), fields.next(), fields.next()) else {
+        return Err("expected exactly two space-separated fields");
+    };
+    if loc.len() < 34 || loc[32] != b'+' {
+        return Err("expected <32 hex digits>+<size>");
+    }
+    let hash =
+        BlockHash::from_hex_bytes(&loc[..32]).ok_or("the hash is not 32 lowercase hex digits")?;
+    let size = parse_u64(&loc[33..]).ok_or("the size is not a decimal number")?;
+    let mtime = parse_i64(mtime).ok_or("the mtime is not a decimal integer")?;
+    // 2015 keepstores sent seconds (§14); Go keep-balance treats < 1e12 as seconds.
+    let mtime_ns = if mtime < 1_000_000_000_000 {
+        mtime.saturating_mul(1_000_000_000)
+    } else {
+        mtime
+    };
+    Ok(IndexEntry {
+        hash,
+        size,
+        mtime_ns,
+    })
+}
+
+fn parse_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+fn parse_i64(s: &[u8]) -> Option<i64> {
+    let digits = s.strip_prefix(b"-").unwrap_or(s);
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FOO: &str = "acbd18db4cc2f85cedef654fccc4a4d8";
+    const BAR: &str = "37b51d194a7513e45b56f6524f2d51f2";
+
+    fn parse_chunks(prefix: &str, chunks: &[&[u8]]) -> Result<Vec<IndexEntry>, IndexError> {
+        let mut p = IndexParser::new(prefix);
+        let mut got = Vec::new();
+        for c in chunks {
+            p.feed(c, &mut |e| got.push(e))?;
+        }
+        p.finish()?;
+        Ok(got)
+    }
+
+    fn parse(prefix: &str, body: &str) -> Result<Vec<IndexEntry>, IndexError> {
+        parse_chunks(prefix, &[body.as_bytes()])
+    }
+
+    #[test]
+    fn empty_and_simple() {
+        assert_eq!(parse("", "\n").unwrap(), []);
+        let body = format!("{FOO}+3 1700000000123456789\n{BAR}+3 1443559274\n\n");
+        let got = parse("", &body).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].hash, BlockHash::of(b"foo"));
+        assert_eq!(got[0].size, 3);
+        assert_eq!(got[0].mtime_ns, 1_700_000_000_123_456_789);
+        // §13.5: seconds from a 2015 keepstore.
+        assert_eq!(got[1].mtime_ns, 1_443_559_274_000_000_000);
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_result() {
+        let body = format!("{FOO}+3 1700000000123456789\n{BAR}+3 5\n{BAR}+3 6\n\n");
+        let want = parse("", &body).unwrap();
+        let b = body.as_bytes();
+        for i in 0..=b.len() {
+            for j in i..=b.len() {
+                let got = parse_chunks("", &[&b[..i], &b[i..j], &b[j..]]).unwrap();
+                assert_eq!(got, want, "split at {i},{j}");
+            }
+        }
+        // Byte by byte.
+        let chunks: Vec<&[u8]> = b.chunks(1).collect();
+        assert_eq!(parse_chunks("", &chunks).unwrap(), want);
+    }
+
+    #[test]
+    fn terminator_rules() {
+        // §13.5: incomplete body.
+        assert_eq!(
+            parse("", &format!("{FOO}+3")),
+            Err(IndexError::MissingTerminator)
+        );
+        assert_eq!(
+            parse("", &format!("{FOO}+3 5\n")),
+            Err(IndexError::MissingTerminator)
+        );
+        assert_eq!(parse("", ""), Err(IndexError::MissingTerminator));
+        assert_eq!(
+            parse("", &format!("{FOO}+3 5\n\n{BAR}+3 5\n\n")),
+            Err(IndexError::DataAfterTerminator { line_number: 3 })
+        );
+        assert_eq!(
+            parse("", "\n\n"),
+            Err(IndexError::DataAfterTerminator { line_number: 2 })
+        );
+    }
+
+    #[test]
+    fn malformed_lines() {
+        let bad = |body: &str, problem: &str| match parse("", body) {
+            Err(IndexError::Malformed {
+                line_number: 1,
+                problem: p,
+                ..
+            }) => assert!(p.contains(problem), "{body:?}: {p}"),
+            other => panic!("{body:?}: {other:?}"),
+        };
+        bad(&format!("{FOO}+3\n\n"), "two");
+        bad(&format!("{FOO}+3 1 2\n\n"), "two");
+        bad(&format!("{FOO}+3  1\n\n"), "two");
+        bad(&format!("{FOO} 1\n\n"), "<size>");
+        bad(&format!("{}+3 1\n\n", FOO.to_uppercase()), "hash");
+        bad(&format!("{FOO}+x 1\n\n"), "size");
+        bad(&format!("{FOO}+3 1x\n\n"), "mtime");
+        bad(&format!("{FOO}+3 1\r\n\n"), "mtime");
+        let long = "x".repeat(500);
+        match parse("", &long) {
+            Err(IndexError::Malformed { line, .. }) => assert_eq!(line.len(), 100),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn prefix_enforced() {
+        let body = format!("{BAR}+3 5\n{BAR}+3 6\n\n");
+        assert_eq!(parse("37b", &body).unwrap().len(), 2);
+        match parse("acb", &body) {
+            Err(IndexError::Malformed { problem, .. }) => assert!(problem.contains("prefix")),
+            other => panic!("{other:?}"),
+        }
+    }
+}
