@@ -1,0 +1,8 @@
+//! keep-client integration tests: one binary (style guide B4).
+//!
+//! Until `keep-testcluster` lands, HTTP behaviour is tested against `mock`, a small
+//! scripted hyper server.
+
+mod keep;
+mod mock;
+mod settings;
