@@ -556,6 +556,23 @@ impl KeepClient {
     /// hash; [`Error::NoServices`] if no service is writable;
     /// [`Error::InvalidLocator`] for data over 64 MiB.
     pub async fn put(&self, hash: BlockHash, data: Bytes, replicas: usize) -> Result<PutResult> {
+        self.put_excluding(hash, data, replicas, &[]).await
+    }
+
+    /// Like [`KeepClient::put`], but never writes to the services whose uuids are in
+    /// `exclude`: they already hold the block (a migration tops up an
+    /// under-replicated block on *other* services, and never resends a block to a
+    /// service that lists it).
+    ///
+    /// # Errors
+    /// As [`KeepClient::put`].
+    pub async fn put_excluding(
+        &self,
+        hash: BlockHash,
+        data: Bytes,
+        replicas: usize,
+        exclude: &[&str],
+    ) -> Result<PutResult> {
         let size = data.len() as u64;
         if size > MAX_BLOCK_SIZE {
             return Err(Error::InvalidLocator(LocatorError::TooLarge));
@@ -570,6 +587,7 @@ impl KeepClient {
             });
         }
         let mut servers = self.writable_order(&hash);
+        servers.retain(|s| !exclude.contains(&s.uuid.as_str()));
         if servers.is_empty() {
             return Err(Error::NoServices { kind: "writable" });
         }

@@ -1,1 +1,292 @@
-//! keep-rsync (work in progress).
+//! # keep-rsync: copy every Keep block from one Arvados cluster to another
+//!
+//! The main flow is [`run`]: validate flags and settings (no network), connect to both
+//! clusters, read every destination index and then every source index into a compact
+//! [`plan::Plan`], then copy (or, with `--dry-run`/`--verify`, only report).
+//!
+//! # Layout
+//! - [`cli`]: flags (Go single-dash forms included) and exit codes.
+//! - [`cluster`]: one side: settings, secrets, Keep client, discovery values.
+//! - [`scan`]: all indexes at once, streamed into the plan.
+//! - [`plan`]: the compact set difference (≤ 40 bytes per block). No I/O.
+//! - [`copy`]: the bounded concurrent copy engine.
+//! - [`verify`]: `--verify` and `--verify-data`.
+//! - [`progress`], [`report`], [`limit`]: what the operator sees, and `--bwlimit`.
+
+pub mod cli;
+pub mod cluster;
+pub mod copy;
+pub mod limit;
+pub mod plan;
+pub mod progress;
+pub mod report;
+pub mod scan;
+pub mod verify;
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use keep_client::{ClientOptions, RetryConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Cli, exit};
+use crate::cluster::{ClusterArgs, Role};
+use crate::plan::PlanBuilder;
+use crate::progress::{Mode, Progress};
+use crate::report::Report;
+
+/// Checks what can be checked without the network, so a typo costs no connection.
+fn validate(cli: &Cli) -> Result<()> {
+    let p = &cli.prefix;
+    if p.len() > 32 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
+        bail!("-prefix {p:?} is not a hash prefix: use up to 32 hex digits, e.g. -prefix 0a");
+    }
+    if p.bytes().any(|c| c.is_ascii_uppercase()) {
+        bail!(
+            "-prefix {p:?}: Keep hashes are lowercase; use -prefix {}",
+            p.to_ascii_lowercase()
+        );
+    }
+    if let Some(r) = cli.replications {
+        if r < 1 {
+            bail!(
+                "-replications {r}: must be at least 1 (omit it to use the destination's default)"
+            );
+        }
+        if r > 64 {
+            bail!("-replications {r}: too many; Keep clusters use 1 to 3");
+        }
+    }
+    if cli.concurrency == 0 || cli.concurrency > 1024 {
+        bail!("--concurrency {}: use 1 to 1024", cli.concurrency);
+    }
+    if cli.retries > 100 {
+        bail!("--retries {}: use 0 to 100", cli.retries);
+    }
+    for (flag, ttl) in [
+        ("-src-blob-signature-ttl", cli.src_blob_signature_ttl),
+        ("--dst-blob-signature-ttl", cli.dst_blob_signature_ttl),
+    ] {
+        if ttl.is_some_and(|t| t.as_secs() == 0) {
+            bail!("{flag}: must be at least one second (e.g. 336h)");
+        }
+    }
+    if cli.verify_data && !cli.verify {
+        bail!("--verify-data goes with --verify");
+    }
+    if cli.dry_run && cli.verify {
+        bail!("--dry-run and --verify are different runs; choose one");
+    }
+    if let Some(f) = &cli.failed_list {
+        if f.is_dir() {
+            bail!("--failed-list {}: is a directory; name a file", f.display());
+        }
+    }
+    Ok(())
+}
+
+/// Runs keep-rsync with parsed flags and returns the exit code. Errors are printed
+/// as one line on stderr.
+pub async fn run(cli: Cli) -> u8 {
+    match run_inner(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("keep-rsync: {e:#}");
+            exit::FATAL
+        }
+    }
+}
+
+async fn run_inner(cli: Cli) -> Result<u8> {
+    if cli.version {
+        println!("keep-rsync {}", env!("CARGO_PKG_VERSION"));
+        return Ok(exit::OK);
+    }
+    validate(&cli)?;
+    let started = Instant::now();
+    let mut progress = Progress::new(Mode::choose(cli.json, cli.quiet));
+    let src_arg = cli.src.as_deref().expect("clap requires -src");
+    let dst_arg = cli.dst.as_deref().expect("clap requires -dst");
+    let src_args = ClusterArgs {
+        role: Role::Source,
+        settings: src_arg,
+        services_json: cli.src_keep_services_json.as_deref(),
+        token_file: cli.src_token_file.as_deref(),
+        key_file: cli.src_blob_signing_key_file.as_deref(),
+        ttl: cli.src_blob_signature_ttl,
+    };
+    let dst_args = ClusterArgs {
+        role: Role::Destination,
+        settings: dst_arg,
+        services_json: cli.dst_keep_services_json.as_deref(),
+        token_file: cli.dst_token_file.as_deref(),
+        key_file: cli.dst_blob_signing_key_file.as_deref(),
+        ttl: cli.dst_blob_signature_ttl,
+    };
+    // Settings errors before any connection.
+    cluster::load_settings(&src_args)?;
+    cluster::load_settings(&dst_args)?;
+
+    let options = ClientOptions {
+        retry: RetryConfig {
+            retries: cli.retries,
+            ..RetryConfig::default()
+        },
+        pool_max_idle_per_host: cli.concurrency.max(8),
+        ..ClientOptions::default()
+    };
+    let (src, dst) = tokio::try_join!(
+        cluster::connect(&src_args, options.clone()),
+        cluster::connect(&dst_args, options)
+    )?;
+    same_cluster_check(&src, &dst)?;
+
+    let replicas = match cli.replications {
+        Some(r) => r as usize,
+        None => dst.default_replication.unwrap_or(2) as usize,
+    };
+    let writable = dst
+        .client
+        .services()
+        .iter()
+        .filter(|s| !s.read_only)
+        .count();
+    if !dst.client.has_proxy() && replicas > writable {
+        bail!(
+            "-replications {replicas}: the destination has only {writable} writable keep service(s); lower -replications"
+        );
+    }
+    if src.key.is_none() {
+        tracing::warn!(
+            "no ARVADOS_BLOB_SIGNING_KEY for the source: reading with unsigned locators (works only if the source does not enforce permission signatures)"
+        );
+    } else if src.ttl.is_none() {
+        bail!(
+            "the source's blobSignatureTtl is unknown (no discovery document); give -src-blob-signature-ttl, e.g. 336h"
+        );
+    }
+
+    let stop = CancellationToken::new();
+    {
+        let mode = progress.mode();
+        copy::install_signal_handlers(stop.clone(), move |m| {
+            if matches!(mode, Mode::Bar | Mode::Lines) {
+                eprintln!("{m}");
+            }
+        });
+    }
+
+    // Destination first: the source entries are filtered against it as they stream in.
+    let builder = Mutex::new(PlanBuilder::new(replicas));
+    scan::scan(&dst, &cli.prefix, &builder, &progress).await?;
+    builder.lock().expect("plan lock").finish_dst();
+    scan::scan(&src, &cli.prefix, &builder, &progress).await?;
+    let plan = builder.into_inner().expect("plan lock").finish();
+    let s = plan.stats();
+    progress.note(&format!(
+        "Before keep-rsync, there are {} blocks in src and {} blocks in dst. Start copying {} blocks from src not found in dst.",
+        s.src.blocks, s.dst.blocks, s.to_copy.blocks
+    ));
+
+    let mut report = Report {
+        mode: if cli.dry_run {
+            "dry-run"
+        } else if cli.verify {
+            "verify"
+        } else {
+            "copy"
+        }
+        .into(),
+        prefix: cli.prefix.clone(),
+        plan: s.clone(),
+        ..Report::default()
+    };
+    let copy_started = Instant::now();
+    if cli.verify {
+        verify::run(
+            &src,
+            &dst,
+            &plan,
+            cli.verify_data,
+            cli.concurrency,
+            &progress,
+            &stop,
+            &mut report,
+        )
+        .await;
+    } else if !cli.dry_run {
+        progress.start_copy(s.to_copy.blocks, s.to_copy.bytes);
+        let opts = copy::CopyOptions {
+            concurrency: cli.concurrency,
+            replicas,
+            limiter: cli.bwlimit.map(limit::RateLimiter::new),
+        };
+        let shared = Mutex::new(report);
+        let outcome = copy::run(&src, &dst, &plan, &opts, &progress, &stop, &shared).await;
+        report = shared.into_inner().expect("report lock");
+        progress.finish();
+        if let copy::Stop::Systematic(msg) = outcome {
+            finish_report(&cli, &mut report, started, copy_started, &progress)?;
+            bail!("stopped early: {msg}");
+        }
+    }
+    if stop.is_cancelled() {
+        report.interrupted = true;
+        let done = report.copied.blocks + report.failed.blocks;
+        report.not_attempted.blocks = s.to_copy.blocks.saturating_sub(done);
+        report.not_attempted.bytes = s
+            .to_copy
+            .bytes
+            .saturating_sub(report.copied.bytes + report.failed.bytes);
+    }
+    finish_report(&cli, &mut report, started, copy_started, &progress)?;
+    Ok(report.exit_code())
+}
+
+fn finish_report(
+    cli: &Cli,
+    report: &mut Report,
+    started: Instant,
+    copy_started: Instant,
+    progress: &Progress,
+) -> Result<()> {
+    report.set_elapsed(started.elapsed(), copy_started.elapsed());
+    if let Some(path) = &cli.failed_list {
+        report::write_failed_list(path, &report.failures)?;
+    }
+    progress.finish();
+    if cli.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
+}
+
+/// Refuses to copy a cluster onto itself, which would only waste a day of I/O.
+fn same_cluster_check(src: &cluster::Cluster, dst: &cluster::Cluster) -> Result<()> {
+    if let (Some(a), Some(b)) = (&src.api_host, &dst.api_host) {
+        if a.eq_ignore_ascii_case(b) {
+            bail!("source and destination are the same cluster ({a}); check -src and -dst");
+        }
+    }
+    let dst_urls: Vec<&str> = dst
+        .client
+        .services()
+        .iter()
+        .map(|s| s.url.as_str())
+        .collect();
+    if let Some(s) = src
+        .client
+        .services()
+        .iter()
+        .find(|s| dst_urls.contains(&s.url.as_str()))
+    {
+        bail!(
+            "source and destination share the keep service {}; check -src and -dst",
+            s.url
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! One side of a migration: its settings, secrets, Keep client and discovery values.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use keep_client::{
+    ClientOptions, ClusterInfo, ClusterSettings, KeepClient, KeepService, SigningKey, Token,
+    services::load_keep_services_json,
+};
+
+/// Which side a [`Cluster`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The old cluster, read from.
+    Source,
+    /// The new cluster, written to.
+    Destination,
+}
+
+impl Role {
+    /// "source" or "destination".
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Destination => "destination",
+        }
+    }
+
+    /// "src" or "dst", as in the flag names.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Role::Source => "src",
+            Role::Destination => "dst",
+        }
+    }
+}
+
+/// What a side needs, before any network I/O.
+#[derive(Debug)]
+pub struct ClusterArgs<'a> {
+    /// Which side.
+    pub role: Role,
+    /// `-src` / `-dst`: settings NAME or PATH.
+    pub settings: &'a str,
+    /// `-src-keep-services-json` / `-dst-keep-services-json`.
+    pub services_json: Option<&'a str>,
+    /// `--src-token-file` / `--dst-token-file`.
+    pub token_file: Option<&'a Path>,
+    /// `--src-blob-signing-key-file` / `--dst-blob-signing-key-file`.
+    pub key_file: Option<&'a Path>,
+    /// `-src-blob-signature-ttl` / `--dst-blob-signature-ttl`.
+    pub ttl: Option<Duration>,
+}
+
+/// A connected side of the migration.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Which side.
+    pub role: Role,
+    /// Where its settings came from (for messages).
+    pub origin: String,
+    /// API host, when there is one.
+    pub api_host: Option<String>,
+    /// The Keep client (holds the token; never logged).
+    pub client: KeepClient,
+    /// The token, for signing reads.
+    pub token: Token,
+    /// Blob signing key, when known.
+    pub key: Option<SigningKey>,
+    /// Blob signature TTL, from the flag or discovery.
+    pub ttl: Option<Duration>,
+    /// `defaultCollectionReplication` from discovery.
+    pub default_replication: Option<u32>,
+}
+
+fn read_secret_file(path: &Path, what: &str) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the {what} file {}", path.display()))?;
+    let t = text.trim();
+    if t.is_empty() {
+        bail!("the {what} file {} is empty", path.display());
+    }
+    Ok(t.to_owned())
+}
+
+/// A side's settings and secrets, loaded without touching the network.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The settings file's contents.
+    pub settings: ClusterSettings,
+    /// The API token (from the settings or `--*-token-file`).
+    pub token: Token,
+    /// The blob signing key, if any.
+    pub key: Option<SigningKey>,
+    /// Keep services given with `-*-keep-services-json`.
+    pub services: Option<Vec<KeepService>>,
+}
+
+/// Loads settings and secrets without touching the network.
+///
+/// # Errors
+/// One line naming the file and what is wrong with it.
+pub fn load_settings(a: &ClusterArgs<'_>) -> Result<Loaded> {
+    let flag = a.role.flag();
+    let settings =
+        ClusterSettings::load(a.settings).with_context(|| format!("-{flag} {}", a.settings))?;
+    let token = match a.token_file {
+        Some(p) => Token::new(read_secret_file(p, "token")?),
+        None => settings.api_token.clone().with_context(|| {
+            format!(
+                "-{flag} {}: no ARVADOS_API_TOKEN (the {} cluster's SystemRootToken, which the index needs); add it or pass --{flag}-token-file",
+                a.settings,
+                a.role.name()
+            )
+        })?,
+    };
+    let key = match a.key_file {
+        Some(p) => Some(SigningKey::new(read_secret_file(p, "blob signing key")?)),
+        None => settings.blob_signing_key.clone(),
+    };
+    if key.is_some() && settings.signing_key_readable_by_others() {
+        tracing::warn!(
+            "{} holds a blob signing key and is readable by other users; run: chmod 600 {}",
+            a.settings,
+            a.settings
+        );
+    }
+    let services = match a.services_json {
+        Some(j) => Some(
+            load_keep_services_json(j).with_context(|| format!("-{flag}-keep-services-json"))?,
+        ),
+        None => None,
+    };
+    if services.is_none() && settings.api_host.is_none() && settings.keep_services.is_none() {
+        bail!(
+            "-{flag} {}: no ARVADOS_API_HOST; add it, or give -{flag}-keep-services-json",
+            a.settings
+        );
+    }
+    Ok(Loaded {
+        settings,
+        token,
+        key,
+        services,
+    })
+}
+
+/// Connects: discovery (unless services are given), Keep services.
+///
+/// # Errors
+/// One line naming the cluster and what failed.
+pub async fn connect(a: &ClusterArgs<'_>, options: ClientOptions) -> Result<Cluster> {
+    let Loaded {
+        mut settings,
+        token,
+        key,
+        services,
+    } = load_settings(a)?;
+    settings.api_token = Some(token.clone());
+    let (client, info) = match (services, &settings.api_host) {
+        // Bare keepstores with no API server (the Go tool's use of
+        // -dst-keep-services-json): no discovery, so no default replication or TTL.
+        (Some(services), None) => {
+            let options = ClientOptions {
+                insecure: options.insecure || settings.insecure,
+                ..options
+            };
+            let client = KeepClient::new(services, token.clone(), options)
+                .with_context(|| format!("{} keep services", a.role.name()))?;
+            (client, ClusterInfo::default())
+        }
+        (services, _) => KeepClient::from_settings(&settings, options, services)
+            .await
+            .with_context(|| format!("{} cluster ({})", a.role.name(), a.settings))?,
+    };
+    if client.services().is_empty() {
+        bail!(
+            "{} cluster ({}) lists no keep services",
+            a.role.name(),
+            a.settings
+        );
+    }
+    Ok(Cluster {
+        role: a.role,
+        origin: a.settings.to_owned(),
+        api_host: settings.api_host.clone(),
+        client,
+        token,
+        key,
+        ttl: a.ttl.or(info.blob_signature_ttl),
+        default_replication: info.default_replication,
+    })
+}
