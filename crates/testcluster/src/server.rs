@@ -276,6 +276,8 @@ impl Service {
             log,
             bandwidth: plan.bandwidth,
             sleep: None,
+            rest: None,
+            ready: None,
         }
         .boxed_unsync();
         resp
@@ -299,6 +301,9 @@ struct LoggedBody {
     log: Option<Arc<RequestLog>>,
     bandwidth: Option<u64>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Throttled data not yet released, and the piece waiting for its slot.
+    rest: Option<Bytes>,
+    ready: Option<Bytes>,
 }
 
 impl LoggedBody {
@@ -318,35 +323,53 @@ impl HttpBody for LoggedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(s) = self.sleep.as_mut() {
-            if s.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            self.sleep = None;
-        }
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let n = data.len() as u64;
-                    self.sent += n;
-                    if let Some(bps) = self.bandwidth {
-                        // Pace the next frame so the average stays at `bps`.
-                        let d = Duration::from_secs_f64(n as f64 / bps.max(1) as f64);
-                        self.sleep = Some(Box::pin(tokio::time::sleep(d)));
-                    }
+        loop {
+            // A throttled piece waits for its time slot before it is released.
+            if let Some(s) = self.sleep.as_mut() {
+                if s.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
-                Poll::Ready(Some(Ok(frame)))
+                self.sleep = None;
+                if let Some(piece) = self.ready.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(piece))));
+                }
             }
-            Poll::Ready(None) => {
-                self.finish();
-                Poll::Ready(None)
+            if let (Some(bps), Some(mut rest)) = (self.bandwidth, self.rest.take()) {
+                // Pieces of about 1/20 s each keep the pace smooth.
+                let max = (bps / 20).max(1) as usize;
+                let piece = rest.split_to(rest.len().min(max));
+                if !rest.is_empty() {
+                    self.rest = Some(rest);
+                }
+                self.sent += piece.len() as u64;
+                let d = Duration::from_secs_f64(piece.len() as f64 / bps.max(1) as f64);
+                self.sleep = Some(Box::pin(tokio::time::sleep(d)));
+                self.ready = Some(piece);
+                continue;
             }
-            other => other,
+            return match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if self.bandwidth.is_some() => {
+                        self.rest = Some(data);
+                        continue;
+                    }
+                    Ok(data) => {
+                        self.sent += data.len() as u64;
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                },
+                Poll::Ready(None) => {
+                    self.finish();
+                    Poll::Ready(None)
+                }
+                other => other,
+            };
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_none() && self.ready.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

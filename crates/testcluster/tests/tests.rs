@@ -1,0 +1,8 @@
+//! Integration tests of keep-testcluster: one binary (style.md B4).
+
+mod cli;
+mod controller;
+mod faults;
+mod keepstore;
+mod proxy;
+mod util;
