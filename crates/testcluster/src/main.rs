@@ -160,6 +160,23 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     if a.synthetic_blocks > 0 {
         b = b.synthetic_blocks(a.synthetic_blocks, a.synthetic_seed);
     }
+    // Restarting on the same DIR keeps the key and tokens, so locators signed
+    // before the restart stay valid for the data that survived it.
+    let previous: Option<serde_json::Value> = std::fs::read(a.dir.join("cluster.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(|p: &serde_json::Value| p["cluster_id"] == a.cluster_id.as_str());
+    if let Some(p) = &previous {
+        if let Some(k) = p["signing_key"].as_str() {
+            b = b.signing_key(k);
+        }
+        if let Some(t) = p["system_root_token"].as_str() {
+            b = b.system_root_token(t);
+        }
+        if let Some(t) = p["user_token"].as_str() {
+            b = b.user_token(t);
+        }
+    }
     if let Some(k) = a.signing_key {
         b = b.signing_key(k);
     }

@@ -65,8 +65,12 @@ impl Proxy {
     async fn route(self: Arc<Self>, req: Request<ReqBody>) -> Response<Body> {
         let path = req.uri().path().to_owned();
         let m = req.method().clone();
+        let rid = req.headers().get("x-request-id").cloned();
         let mut resp = self.dispatch(req, &path, &m).await;
         crate::keepstore::cors(resp.headers_mut(), "GET, HEAD, PUT, OPTIONS, POST");
+        if let Some(id) = rid {
+            resp.headers_mut().insert("x-request-id", id);
+        }
         resp
     }
 

@@ -212,10 +212,11 @@ impl Volume {
                 let (n, seed, mtime) = (s.n, s.seed, s.mtime);
                 IndexJob::Blocking(Box::new(move || {
                     let mut chunk = Vec::with_capacity(CHUNK);
+                    let mut data = Vec::with_capacity(256);
                     for i in 0..n {
-                        let data = synthetic_block(seed, i);
+                        synthetic_block_into(seed, i, &mut data);
                         let h = BlockHash(Md5::digest(&data).into());
-                        if h.has_hex_prefix(&prefix) {
+                        if prefix.is_empty() || h.has_hex_prefix(&prefix) {
                             chunk.push((h, data.len() as u64, mtime));
                             if chunk.len() == CHUNK
                                 && tx.blocking_send(std::mem::take(&mut chunk)).is_err()
@@ -328,16 +329,22 @@ fn splitmix(mut x: u64) -> u64 {
 /// Block `i` of a synthetic volume: `i` as 8 little-endian bytes, then filler from
 /// (seed, i); 48..=175 bytes long so 10 million hashes take seconds, not minutes.
 pub fn synthetic_block(seed: u64, i: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(176);
+    synthetic_block_into(seed, i, &mut v);
+    v
+}
+
+/// [`synthetic_block`] into a reused buffer.
+fn synthetic_block_into(seed: u64, i: u64, v: &mut Vec<u8>) {
+    v.clear();
     let mut state = splitmix(seed ^ splitmix(i));
     let len = 48 + (state % 128) as usize;
-    let mut v = Vec::with_capacity(len);
     v.extend_from_slice(&i.to_le_bytes());
     while v.len() < len {
         state = splitmix(state);
         v.extend_from_slice(&state.to_le_bytes());
     }
     v.truncate(len);
-    v
 }
 
 /// A read-only volume of `n` derived blocks. Nothing is stored per block until the
@@ -366,9 +373,11 @@ impl Synthetic {
             .table
             .get_or_try_init(|| async move {
                 tokio::task::spawn_blocking(move || {
+                    let mut buf = Vec::with_capacity(256);
                     let mut t: Vec<u64> = (0..n)
                         .map(|i| {
-                            let h: [u8; 16] = Md5::digest(synthetic_block(seed, i)).into();
+                            synthetic_block_into(seed, i, &mut buf);
+                            let h: [u8; 16] = Md5::digest(&buf).into();
                             (u64::from(u32::from_be_bytes([h[0], h[1], h[2], h[3]])) << 32) | i
                         })
                         .collect();

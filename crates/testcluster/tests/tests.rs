@@ -3,6 +3,7 @@
 mod cli;
 mod controller;
 mod faults;
+mod interop;
 mod keepstore;
 mod proxy;
 mod util;
