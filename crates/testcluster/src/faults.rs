@@ -1,0 +1,259 @@
+//! Fault injection (style.md B5): one [`Faults`] per service, applied by the single
+//! middleware in `server.rs` and, for body-level faults (truncated index, corrupted
+//! reads), by the keepstore handlers. Random faults use a seeded RNG.
+
+use std::sync::Mutex;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// A change to a service's faults, as sent by `keep-testcluster fault` and accepted by
+/// [`FaultHandle::apply`]. Unset fields leave the current setting alone.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FaultSpec {
+    /// Remove every fault first.
+    pub clear: bool,
+    /// Added latency before each request is handled, in milliseconds.
+    pub latency_ms: Option<u64>,
+    /// Bandwidth limit in bytes per second (0 removes it).
+    pub bandwidth: Option<u64>,
+    /// The status to inject (500, 502, 503, 504, 507, 429, ...).
+    pub status: Option<u16>,
+    /// Inject `status` on each request with this probability (seeded).
+    pub rate: Option<f64>,
+    /// Inject `status` on the next N requests.
+    pub burst: Option<u64>,
+    /// Only inject `status` on this method (e.g. `PUT`).
+    pub method: Option<String>,
+    /// Cut indexes short: the final blank line (end-of-index marker) is left out.
+    pub truncate_index: Option<bool>,
+    /// Flip a byte in every block body sent (the client's checksum must catch it).
+    pub corrupt: Option<bool>,
+    /// Answer 503 (empty body) beyond this many concurrent requests (0 removes it).
+    pub max_concurrent: Option<usize>,
+    /// Stop the service (listener and connections closed).
+    pub stop: bool,
+    /// Start the service again on the same port.
+    pub start: bool,
+}
+
+#[derive(Debug, Clone)]
+enum StatusMode {
+    Burst(u64),
+    Rate(f64),
+}
+
+#[derive(Debug, Clone)]
+struct StatusFault {
+    code: u16,
+    method: Option<http::Method>,
+    mode: StatusMode,
+}
+
+/// The settings the middleware reads once per request.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Plan {
+    pub(crate) latency: Duration,
+    pub(crate) bandwidth: Option<u64>,
+    pub(crate) max_concurrent: Option<usize>,
+    pub(crate) truncate_index: bool,
+    pub(crate) corrupt: bool,
+}
+
+struct State {
+    plan: Plan,
+    status: Option<StatusFault>,
+    rng: StdRng,
+}
+
+/// What the middleware does with a request.
+pub(crate) enum StatusDecision {
+    Pass,
+    Fail(u16),
+}
+
+/// The faults of one service.
+pub(crate) struct Faults {
+    state: Mutex<State>,
+    pub(crate) in_flight: AtomicUsize,
+}
+
+impl Faults {
+    pub(crate) fn new(seed: u64) -> Faults {
+        Faults {
+            state: Mutex::new(State {
+                plan: Plan::default(),
+                status: None,
+                rng: StdRng::seed_from_u64(seed),
+            }),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn snapshot(&self) -> Plan {
+        self.lock().plan.clone()
+    }
+
+    pub(crate) fn decide_status(&self, method: &http::Method) -> StatusDecision {
+        let mut st = self.lock();
+        let State { status, rng, .. } = &mut *st;
+        let Some(f) = status.as_mut() else {
+            return StatusDecision::Pass;
+        };
+        if f.method.as_ref().is_some_and(|m| m != method) {
+            return StatusDecision::Pass;
+        }
+        let code = f.code;
+        match &mut f.mode {
+            StatusMode::Burst(n) => {
+                *n -= 1;
+                if *n == 0 {
+                    *status = None;
+                }
+                StatusDecision::Fail(code)
+            }
+            StatusMode::Rate(p) => {
+                if rng.random::<f64>() < *p {
+                    StatusDecision::Fail(code)
+                } else {
+                    StatusDecision::Pass
+                }
+            }
+        }
+    }
+
+    /// Applies a spec (stop/start are handled by the caller).
+    pub(crate) fn apply(&self, spec: &FaultSpec) -> anyhow::Result<()> {
+        let mut st = self.lock();
+        if spec.clear {
+            st.plan = Plan::default();
+            st.status = None;
+        }
+        if let Some(ms) = spec.latency_ms {
+            st.plan.latency = Duration::from_millis(ms);
+        }
+        if let Some(b) = spec.bandwidth {
+            st.plan.bandwidth = (b > 0).then_some(b);
+        }
+        if let Some(m) = spec.max_concurrent {
+            st.plan.max_concurrent = (m > 0).then_some(m);
+        }
+        if let Some(t) = spec.truncate_index {
+            st.plan.truncate_index = t;
+        }
+        if let Some(c) = spec.corrupt {
+            st.plan.corrupt = c;
+        }
+        if let Some(code) = spec.status {
+            anyhow::ensure!((100..600).contains(&code), "bad status {code}");
+            let method = match &spec.method {
+                Some(m) => Some(m.to_ascii_uppercase().parse::<http::Method>()?),
+                None => None,
+            };
+            let mode = match (spec.burst, spec.rate) {
+                (Some(n), None) if n > 0 => StatusMode::Burst(n),
+                (None, Some(p)) if (0.0..=1.0).contains(&p) => StatusMode::Rate(p),
+                (None, None) => StatusMode::Rate(1.0),
+                _ => anyhow::bail!("give either --burst N (N > 0) or --rate P (0..=1)"),
+            };
+            st.status = Some(StatusFault { code, method, mode });
+        } else if spec.burst.is_some() || spec.rate.is_some() {
+            anyhow::bail!("--burst/--rate need --status");
+        }
+        Ok(())
+    }
+}
+
+/// Fault controls of one service, from [`crate::TestCluster::faults`].
+#[derive(Clone)]
+pub struct FaultHandle {
+    pub(crate) faults: std::sync::Arc<Faults>,
+}
+
+impl FaultHandle {
+    /// Applies a [`FaultSpec`] (its `stop`/`start` fields are ignored here; use
+    /// [`crate::TestCluster::stop_service`]).
+    ///
+    /// # Errors
+    /// An invalid combination (e.g. both burst and rate) or an unknown method.
+    pub fn apply(&self, spec: &FaultSpec) -> anyhow::Result<()> {
+        self.faults.apply(spec)
+    }
+
+    /// Removes every fault.
+    pub fn clear(&self) {
+        let _ = self.apply(&FaultSpec {
+            clear: true,
+            ..Default::default()
+        });
+    }
+
+    /// Adds latency before each request.
+    pub fn set_latency(&self, latency: Duration) {
+        let _ = self.apply(&FaultSpec {
+            latency_ms: Some(latency.as_millis() as u64),
+            ..Default::default()
+        });
+    }
+
+    /// Limits bandwidth to `bytes_per_sec` (None removes the limit).
+    pub fn set_bandwidth(&self, bytes_per_sec: Option<u64>) {
+        let _ = self.apply(&FaultSpec {
+            bandwidth: Some(bytes_per_sec.unwrap_or(0)),
+            ..Default::default()
+        });
+    }
+
+    /// Answers the next `n` requests (only those with `method`, if given) with `status`.
+    pub fn fail_next(&self, n: u64, status: u16, method: Option<&str>) {
+        let _ = self.apply(&FaultSpec {
+            status: Some(status),
+            burst: Some(n.max(1)),
+            method: method.map(str::to_owned),
+            ..Default::default()
+        });
+    }
+
+    /// Answers each request (only those with `method`, if given) with `status` with
+    /// probability `p`, drawn from the cluster's seeded RNG.
+    pub fn fail_rate(&self, p: f64, status: u16, method: Option<&str>) {
+        let _ = self.apply(&FaultSpec {
+            status: Some(status),
+            rate: Some(p.clamp(0.0, 1.0)),
+            method: method.map(str::to_owned),
+            ..Default::default()
+        });
+    }
+
+    /// Leaves the end-of-index blank line out of index responses.
+    pub fn set_truncate_index(&self, on: bool) {
+        let _ = self.apply(&FaultSpec {
+            truncate_index: Some(on),
+            ..Default::default()
+        });
+    }
+
+    /// Flips a byte in each block body sent with 200.
+    pub fn set_corrupt_reads(&self, on: bool) {
+        let _ = self.apply(&FaultSpec {
+            corrupt: Some(on),
+            ..Default::default()
+        });
+    }
+
+    /// Answers 503 beyond `max` concurrent requests (None removes the cap).
+    pub fn set_max_concurrent(&self, max: Option<usize>) {
+        let _ = self.apply(&FaultSpec {
+            max_concurrent: Some(max.unwrap_or(0)),
+            ..Default::default()
+        });
+    }
+}

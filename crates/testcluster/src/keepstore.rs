@@ -1,0 +1,705 @@
+//! A keepstore (§5): block GET/HEAD/PUT, index, mounts, TOUCH, DELETE, health, with
+//! the exact statuses and bodies of §5.10 (3.x) or of 2.x (§14).
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Frame;
+use keep_client::signing::{SignatureError, Token, sign, verify};
+use keep_client::{BlockHash, Locator, MAX_BLOCK_SIZE};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::faults::Faults;
+use crate::server::{Body, BoxError, Handler, ReqBody, RequestBytes, empty, full, text};
+use crate::volume::{IndexEntry, IndexJob, Volume, WriteError};
+
+/// A keepstore's state.
+pub(crate) struct Keepstore {
+    pub(crate) uuid: String,
+    /// Mounts, sorted by UUID.
+    pub(crate) volumes: Vec<Arc<Volume>>,
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) faults: Arc<Faults>,
+}
+
+pub(crate) fn handler(ks: Arc<Keepstore>) -> Handler {
+    Arc::new(move |req| {
+        let ks = Arc::clone(&ks);
+        Box::pin(async move { ks.route(req).await })
+    })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `/{locator}` routes take a segment that starts with 32 lowercase hex digits.
+fn is_locator_segment(s: &str) -> bool {
+    s.len() >= 32
+        && s.as_bytes()[..32]
+            .iter()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        && !s.contains('/')
+}
+
+fn is_prefix(s: &str) -> bool {
+    s.len() <= 32 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl Keepstore {
+    fn v2(&self) -> bool {
+        self.cfg.arvados_version < 3
+    }
+
+    async fn route(self: Arc<Self>, req: Request<ReqBody>) -> Response<Body> {
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_str(&new_request_id()).expect("ascii"));
+        let path = req.uri().path().to_owned();
+        // Health sits outside the block router: no CORS headers (§5.2).
+        if path == "/_health/ping" && req.method() == Method::GET {
+            let mut r = health(&self.cfg.management_token, req.headers());
+            r.headers_mut().insert("x-request-id", request_id);
+            return r;
+        }
+        let mut resp = self.dispatch(req, &path).await;
+        let h = resp.headers_mut();
+        cors(h, "GET, HEAD, PUT, OPTIONS");
+        h.insert("x-request-id", request_id);
+        resp
+    }
+
+    async fn dispatch(self: &Arc<Self>, req: Request<ReqBody>, path: &str) -> Response<Body> {
+        let m = req.method().clone();
+        let (parts, body) = req.into_parts();
+        let req = &parts;
+        if m == Method::OPTIONS {
+            return Response::new(empty());
+        }
+        let segs: Vec<&str> = path.strip_prefix('/').unwrap_or("").split('/').collect();
+        match (m.as_str(), segs.as_slice()) {
+            ("GET", ["index"]) => self.index_route(req, "", None).await,
+            ("GET", ["index", p]) if is_prefix(p) => self.index_route(req, p, None).await,
+            ("GET", ["mounts"]) => self.admin(req).unwrap_or_else(|| self.mounts()),
+            ("GET", ["mounts", uuid, "blocks"]) => self.index_route(req, "", Some(uuid)).await,
+            ("GET", ["mounts", uuid, "blocks", p]) if is_prefix(p) => {
+                self.index_route(req, p, Some(uuid)).await
+            }
+            ("PUT", ["pull"]) | ("PUT", ["trash"]) => self.admin(req).unwrap_or_else(|| {
+                // Accepted and ignored: this cluster runs no pull/trash workers.
+                Response::new(empty())
+            }),
+            ("PUT", ["untrash", _]) => self
+                .admin(req)
+                .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "file does not exist\n")),
+            ("GET" | "HEAD", [loc]) if is_locator_segment(loc) => self.get(req, loc).await,
+            // Old clients' `//locator` reads (§5.1); `PUT //hash` falls through to 400.
+            ("GET" | "HEAD", ["", loc]) if is_locator_segment(loc) => self.get(req, loc).await,
+            ("PUT", [loc]) if is_locator_segment(loc) => {
+                let loc = (*loc).to_owned();
+                self.put(Request::from_parts(parts, body), &loc).await
+            }
+            ("TOUCH", [loc]) if is_locator_segment(loc) => match self.admin(req) {
+                Some(r) => r,
+                None => self.touch(loc).await,
+            },
+            ("DELETE", [loc]) if is_locator_segment(loc) => match self.admin(req) {
+                Some(r) => r,
+                None => self.delete(loc).await,
+            },
+            _ => text(StatusCode::BAD_REQUEST, "Bad Request\n"),
+        }
+    }
+
+    /// The SystemRootToken check (§5.1); None means allowed.
+    fn admin(&self, req: &http::request::Parts) -> Option<Response<Body>> {
+        let want = &self.cfg.system_root_token;
+        if want.is_empty() {
+            return None;
+        }
+        let toks = crate::auth::keepstore_tokens(&req.headers, req.uri.query());
+        if toks.is_empty() {
+            Some(text(StatusCode::UNAUTHORIZED, "Unauthorized\n"))
+        } else if toks.iter().any(|t| t == want) {
+            None
+        } else {
+            Some(text(StatusCode::FORBIDDEN, "Forbidden\n"))
+        }
+    }
+
+    fn mounts(&self) -> Response<Body> {
+        let list: Vec<serde_json::Value> = self
+            .volumes
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "uuid": v.uuid,
+                    "device_id": format!("{}:{}", self.uuid, v.uuid),
+                    "allow_write": v.writable(),
+                    "allow_trash": v.writable(),
+                    "replication": v.replication,
+                    "storage_classes": {"default": true},
+                })
+            })
+            .collect();
+        let mut r = Response::new(full(serde_json::to_vec(&list).expect("json")));
+        r.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        r
+    }
+
+    /// Volumes in the §4.2 order for `hash` (one priority: ascending md5 weight).
+    pub(crate) fn ordered(&self, hash: &BlockHash) -> Vec<Arc<Volume>> {
+        let uuids: Vec<&str> = self.volumes.iter().map(|v| v.uuid.as_str()).collect();
+        keep_client::rendezvous::volume_order(hash, &uuids)
+            .into_iter()
+            .map(|i| Arc::clone(&self.volumes[i]))
+            .collect()
+    }
+
+    fn not_found(&self) -> Response<Body> {
+        if self.v2() {
+            text(StatusCode::NOT_FOUND, "Not Found\n")
+        } else {
+            text(StatusCode::NOT_FOUND, "file does not exist\n")
+        }
+    }
+
+    async fn get(&self, req: &http::request::Parts, loc_str: &str) -> Response<Body> {
+        let head = req.method == Method::HEAD;
+        let mut resp = self.get_inner(req, loc_str, head).await;
+        resp.headers_mut()
+            .insert("vary", HeaderValue::from_static("X-Keep-Signature"));
+        resp
+    }
+
+    async fn get_inner(
+        &self,
+        req: &http::request::Parts,
+        loc_str: &str,
+        head: bool,
+    ) -> Response<Body> {
+        let Ok(loc) = loc_str.parse::<Locator>() else {
+            return text(StatusCode::BAD_REQUEST, "invalid locator\n");
+        };
+        let size = loc.size().unwrap_or(0);
+        // §5.3 step 1: a GET must say how long the block is (3.x only, §14).
+        if !head && !self.v2() && size == 0 && loc.hash() != BlockHash::EMPTY {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        }
+        let tokens = crate::auth::keepstore_tokens(&req.headers, req.uri.query());
+        if loc.is_remote() && !loc.is_signed() {
+            // §5.9: federation is not configured in this cluster.
+            return if tokens.is_empty() {
+                text(
+                    StatusCode::UNAUTHORIZED,
+                    "no token provided in Authorization header\n",
+                )
+            } else {
+                text(StatusCode::BAD_REQUEST, "remote cluster not configured\n")
+            };
+        }
+        if self.cfg.blob_signing {
+            if let Some(r) = self.check_signature(loc_str, tokens.first()) {
+                return r;
+            }
+        }
+        let hash = loc.hash();
+        let mut error: Option<String> = None;
+        for vol in self.ordered(&hash) {
+            match vol.get(&hash).await {
+                Ok(Some(data)) => {
+                    let bad = BlockHash::of(&data) != hash
+                        || loc.size().is_some_and(|s| s > 0 && s != data.len() as u64);
+                    if bad {
+                        return if self.v2() {
+                            text(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "Hash mismatch in stored data\n",
+                            )
+                        } else {
+                            text(
+                                StatusCode::BAD_GATEWAY,
+                                "checksum mismatch in stored data\n",
+                            )
+                        };
+                    }
+                    return self.block_response(data, head);
+                }
+                Ok(None) => {}
+                Err(e) => error = Some(e.to_string()),
+            }
+        }
+        match error {
+            Some(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+            None => self.not_found(),
+        }
+    }
+
+    fn block_response(&self, data: Bytes, head: bool) -> Response<Body> {
+        let len = data.len();
+        let body = if head {
+            empty()
+        } else if self.faults.snapshot().corrupt {
+            let mut v = data.to_vec();
+            if let Some(b) = v.last_mut() {
+                *b ^= 0x01;
+            }
+            crate::server::chunked(Bytes::from(v), 64 * 1024)
+        } else {
+            crate::server::chunked(data, 64 * 1024)
+        };
+        let mut r = Response::new(body);
+        r.headers_mut()
+            .insert("content-length", HeaderValue::from(len));
+        if self.v2() {
+            r.headers_mut().insert(
+                "content-type",
+                HeaderValue::from_static("application/octet-stream"),
+            );
+        }
+        r
+    }
+
+    fn check_signature(&self, loc: &str, token: Option<&String>) -> Option<Response<Body>> {
+        let v2 = self.v2();
+        let Some(token) = token else {
+            // 2.x: the HMAC check failed without a token, giving 403 (§3.3).
+            return Some(if v2 {
+                text(StatusCode::FORBIDDEN, "Forbidden\n")
+            } else {
+                text(
+                    StatusCode::UNAUTHORIZED,
+                    "no token provided in Authorization header\n",
+                )
+            });
+        };
+        let res = verify(
+            loc,
+            &self.cfg.signing_key,
+            &Token::new(token.clone()),
+            unix_now(),
+            self.cfg.signature_format(),
+        );
+        match res {
+            Ok(()) => None,
+            Err(SignatureError::Expired) if v2 => Some(text(
+                StatusCode::UNAUTHORIZED,
+                "Expired permission signature\n",
+            )),
+            Err(SignatureError::Expired) => {
+                Some(text(StatusCode::UNAUTHORIZED, "expired signature\n"))
+            }
+            Err(_) if v2 => Some(text(StatusCode::FORBIDDEN, "Forbidden\n")),
+            Err(_) => Some(text(StatusCode::BAD_REQUEST, "invalid signature\n")),
+        }
+    }
+
+    async fn put(&self, req: Request<ReqBody>, loc_str: &str) -> Response<Body> {
+        let Ok(loc) = loc_str.parse::<Locator>() else {
+            return text(StatusCode::BAD_REQUEST, "invalid locator\n");
+        };
+        let content_length = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if self.v2() {
+            match content_length {
+                None => return text(StatusCode::LENGTH_REQUIRED, "Missing Content-Length\n"),
+                Some(n) if n > MAX_BLOCK_SIZE => {
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, "Block is too large\n");
+                }
+                _ => {}
+            }
+        }
+        let token = crate::auth::keepstore_tokens(req.headers(), req.uri().query())
+            .into_iter()
+            .next();
+        let classes: Vec<String> = req
+            .headers()
+            .get("x-keep-storage-classes")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Read at most 64 MiB + 1 byte (§5.4 step 1).
+        let mut body = req.into_body();
+        let mut buf = Vec::new();
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Some(d) = f.data_ref() {
+                        buf.extend_from_slice(d);
+                        if buf.len() as u64 > MAX_BLOCK_SIZE {
+                            return text(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "request entity too large\n",
+                            );
+                        }
+                    }
+                }
+                Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+            }
+        }
+        let n = buf.len() as u64;
+        let mut resp = self
+            .store(loc_str, &loc, Bytes::from(buf), token, &classes)
+            .await;
+        resp.extensions_mut().insert(RequestBytes(n));
+        resp
+    }
+
+    async fn store(
+        &self,
+        loc_str: &str,
+        loc: &Locator,
+        data: Bytes,
+        token: Option<String>,
+        classes: &[String],
+    ) -> Response<Body> {
+        let got = BlockHash::of(&data);
+        if got != loc.hash() {
+            return if self.v2() {
+                text(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Hash mismatch in request\n",
+                )
+            } else {
+                text(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "content hash {got} did not match specified locator {}\n",
+                        loc_str
+                    ),
+                )
+            };
+        }
+        // Every volume is in class "default" (§5.5); other classes want no mount.
+        let wanted = classes.is_empty() || classes.iter().any(|c| c == "default");
+        match self.write_block(&got, data.clone(), wanted).await {
+            Ok(replicas) => {
+                let base = Locator::new(got, data.len() as u64);
+                let out = match token {
+                    Some(t) if !self.cfg.signing_key.is_empty() => sign(
+                        &base,
+                        &self.cfg.signing_key,
+                        &Token::new(t),
+                        unix_now() + self.cfg.ttl.as_secs(),
+                        self.cfg.signature_format(),
+                    ),
+                    _ => base,
+                };
+                let mut r = Response::new(full(format!("{}\n", out.to_wire())));
+                let h = r.headers_mut();
+                h.insert("x-keep-replicas-stored", HeaderValue::from(replicas));
+                h.insert(
+                    "x-keep-storage-classes-confirmed",
+                    HeaderValue::from_str(&format!("default={replicas}")).expect("ascii"),
+                );
+                r
+            }
+            Err(PutFailure::Collision) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                if self.v2() {
+                    "Collision\n"
+                } else {
+                    "hash collision\n"
+                },
+            ),
+            Err(PutFailure::Full) if self.v2() => text(StatusCode::SERVICE_UNAVAILABLE, "Full\n"),
+            Err(PutFailure::Full) => {
+                text(StatusCode::INSUFFICIENT_STORAGE, "insufficient storage\n")
+            }
+            Err(PutFailure::Unavailable) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "volume unavailable\n")
+            }
+        }
+    }
+
+    /// §5.4 steps 4-5: touch an identical copy on a writable mount, else write to the
+    /// first writable mount (volume order) that accepts it. Returns replicas stored.
+    pub(crate) async fn write_block(
+        &self,
+        hash: &BlockHash,
+        data: Bytes,
+        wanted: bool,
+    ) -> Result<u64, PutFailure> {
+        let writable: Vec<Arc<Volume>> = self
+            .ordered(hash)
+            .into_iter()
+            .filter(|v| v.writable())
+            .collect();
+        if !wanted || writable.is_empty() {
+            return Err(PutFailure::Full);
+        }
+        for v in &writable {
+            if let Ok(Some(existing)) = v.get(hash).await {
+                if existing != data {
+                    return Err(PutFailure::Collision);
+                }
+                if v.touch(hash).await {
+                    return Ok(v.replication);
+                }
+            }
+        }
+        let mut all_full = true;
+        for v in &writable {
+            match v.put(hash, data.clone()).await {
+                Ok(()) => return Ok(v.replication),
+                Err(WriteError::Full) => {}
+                Err(WriteError::Other(e)) => {
+                    tracing::warn!(volume = %v.uuid, error = %e, "write failed");
+                    all_full = false;
+                }
+            }
+        }
+        Err(if all_full {
+            PutFailure::Full
+        } else {
+            PutFailure::Unavailable
+        })
+    }
+
+    async fn touch(&self, loc: &str) -> Response<Body> {
+        let Ok(loc) = loc.parse::<Locator>() else {
+            return text(StatusCode::BAD_REQUEST, "invalid locator\n");
+        };
+        // First writable mount in UUID order that has the block (§5.1).
+        for v in self.volumes.iter().filter(|v| v.writable()) {
+            if v.touch(&loc.hash()).await {
+                return Response::new(empty());
+            }
+        }
+        text(StatusCode::NOT_FOUND, "file does not exist\n")
+    }
+
+    async fn delete(&self, loc: &str) -> Response<Body> {
+        let Ok(loc) = loc.parse::<Locator>() else {
+            return text(StatusCode::BAD_REQUEST, "invalid locator\n");
+        };
+        let hash = loc.hash();
+        let mut found = false;
+        let cutoff = crate::volume::now_ns() - self.cfg.ttl.as_nanos() as i64;
+        for v in self.volumes.iter().filter(|v| v.writable()) {
+            if let Some(t) = v.mtime(&hash).await {
+                found = true;
+                // Trashing is a no-op for blocks newer than BlobSigningTTL (§5.8).
+                if t < cutoff {
+                    v.remove(&hash).await;
+                }
+            }
+        }
+        if found {
+            Response::new(empty())
+        } else {
+            text(StatusCode::NOT_FOUND, "file does not exist\n")
+        }
+    }
+
+    async fn index_route(
+        &self,
+        req: &http::request::Parts,
+        path_prefix: &str,
+        mount: Option<&str>,
+    ) -> Response<Body> {
+        if let Some(r) = self.admin(req) {
+            return r;
+        }
+        // A non-empty ?prefix= wins over the path (§5.6).
+        let q = crate::auth::query_value(req.uri.query(), "prefix").filter(|p| !p.is_empty());
+        let prefix = q.unwrap_or_else(|| path_prefix.to_owned());
+        let vols: Vec<Arc<Volume>> = match mount {
+            None => self.volumes.clone(),
+            Some(u) => match self.volumes.iter().find(|v| v.uuid == u) {
+                Some(v) => vec![Arc::clone(v)],
+                None => return text(StatusCode::NOT_FOUND, "file does not exist\n"),
+            },
+        };
+        let seconds = self.cfg.index_mtime_seconds;
+        let truncate = self.faults.snapshot().truncate_index;
+        let body = index_body(vols, prefix, seconds, truncate);
+        let mut r = Response::new(body);
+        r.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    }
+}
+
+/// Why a PUT stored nothing.
+#[derive(Debug)]
+pub(crate) enum PutFailure {
+    Collision,
+    Full,
+    Unavailable,
+}
+
+/// Streams `<hash>+<size> <mtime>\n` lines of every volume, then the blank line.
+pub(crate) fn index_body(
+    vols: Vec<Arc<Volume>>,
+    prefix: String,
+    seconds: bool,
+    truncate: bool,
+) -> Body {
+    let (out_tx, out_rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+    tokio::spawn(async move {
+        for v in vols {
+            let (tx, mut rx) = mpsc::channel::<Vec<IndexEntry>>(4);
+            let job = v.index(&prefix, tx.clone());
+            drop(tx);
+            let worker = match job {
+                IndexJob::Ready(entries) => {
+                    if out_tx
+                        .send(Ok(Frame::data(format_entries(&entries, seconds))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    None
+                }
+                IndexJob::Blocking(f) => Some(tokio::task::spawn_blocking(f)),
+            };
+            while let Some(chunk) = rx.recv().await {
+                if out_tx
+                    .send(Ok(Frame::data(format_entries(&chunk, seconds))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if let Some(w) = worker {
+                if let Ok(Err(e)) = w.await {
+                    // Part-way failure: the end marker is left out (§5.6).
+                    let _ = out_tx.send(Err(Box::new(e) as BoxError)).await;
+                    return;
+                }
+            }
+        }
+        if !truncate {
+            let _ = out_tx
+                .send(Ok(Frame::data(Bytes::from_static(b"\n"))))
+                .await;
+        }
+    });
+    let stream =
+        futures::stream::unfold(
+            out_rx,
+            |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+        );
+    http_body_util::StreamBody::new(stream).boxed_unsync()
+}
+
+fn format_entries(entries: &[IndexEntry], seconds: bool) -> Bytes {
+    // Hand-rolled: a 10-million-line index must not spend its time in `fmt`.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(entries.len() * 64);
+    let mut num = itoa_buf();
+    for (h, size, mtime) in entries {
+        for b in h.0 {
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 15)]);
+        }
+        out.push(b'+');
+        out.extend_from_slice(fmt_u64(&mut num, *size));
+        out.push(b' ');
+        let t = if seconds {
+            mtime / 1_000_000_000
+        } else {
+            *mtime
+        };
+        if t < 0 {
+            out.push(b'-');
+        }
+        out.extend_from_slice(fmt_u64(&mut num, t.unsigned_abs()));
+        out.push(b'\n');
+    }
+    Bytes::from(out)
+}
+
+fn itoa_buf() -> [u8; 20] {
+    [0; 20]
+}
+
+fn fmt_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+pub(crate) fn cors(h: &mut http::HeaderMap, methods: &'static str) {
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static(methods),
+    );
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static(
+            "Authorization, Content-Length, Content-Type, X-Keep-Desired-Replicas, X-Keep-Signature, X-Keep-Storage-Classes",
+        ),
+    );
+    h.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static(
+            "X-Keep-Locator, X-Keep-Replicas-Stored, X-Keep-Storage-Classes-Confirmed",
+        ),
+    );
+    h.insert(
+        "access-control-max-age",
+        HeaderValue::from_static("86486400"),
+    );
+}
+
+/// `/_health/ping` (§5.1): exact `Bearer <ManagementToken>`.
+pub(crate) fn health(management_token: &str, headers: &http::HeaderMap) -> Response<Body> {
+    if management_token.is_empty() {
+        return text(StatusCode::NOT_FOUND, "disabled\n");
+    }
+    match headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => text(StatusCode::UNAUTHORIZED, "authorization required\n"),
+        Some(v) if v == format!("Bearer {management_token}") => {
+            let mut r = Response::new(full("{\"health\":\"OK\"}\n"));
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
+            r
+        }
+        Some(_) => text(StatusCode::FORBIDDEN, "authorization error\n"),
+    }
+}
+
+/// `req-` and 20 base-36 characters (§5.2).
+pub(crate) fn new_request_id() -> String {
+    use rand::Rng;
+    const A: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    let s: String = (0..20)
+        .map(|_| A[rng.random_range(0..A.len())] as char)
+        .collect();
+    format!("req-{s}")
+}

@@ -1,0 +1,406 @@
+//! Volumes ("mounts") of a keepstore: in memory, on disk in the unix-volume layout
+//! (§11: `<root>/<3 hex>/<32 hex>`, temp file + rename), or synthetic (contents derived
+//! from a seed, for scale tests).
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use keep_client::BlockHash;
+use md5::{Digest, Md5};
+use tokio::sync::{OnceCell, mpsc};
+
+/// One index entry: hash, stored size, mtime in ns.
+pub(crate) type IndexEntry = (BlockHash, u64, i64);
+
+pub(crate) fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Why a write failed.
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    Full,
+    Other(String),
+}
+
+pub(crate) enum Kind {
+    Memory(Mutex<HashMap<BlockHash, (Bytes, i64)>>),
+    Dir(PathBuf),
+    Synthetic(Synthetic),
+}
+
+/// A mount.
+pub(crate) struct Volume {
+    pub(crate) uuid: String,
+    pub(crate) read_only: bool,
+    pub(crate) full: AtomicBool,
+    pub(crate) replication: u64,
+    pub(crate) kind: Kind,
+}
+
+impl Volume {
+    pub(crate) fn new(
+        uuid: String,
+        kind: Kind,
+        read_only: bool,
+        full: bool,
+    ) -> anyhow::Result<Volume> {
+        if let Kind::Dir(p) = &kind {
+            std::fs::create_dir_all(p)?;
+        }
+        Ok(Volume {
+            uuid,
+            read_only,
+            full: AtomicBool::new(full),
+            replication: 1,
+            kind,
+        })
+    }
+
+    pub(crate) fn writable(&self) -> bool {
+        !self.read_only && !matches!(self.kind, Kind::Synthetic(_))
+    }
+
+    fn path(root: &std::path::Path, hash: &BlockHash) -> PathBuf {
+        let h = hash.to_hex();
+        root.join(&h[..3]).join(h)
+    }
+
+    /// The stored bytes, or None when the block is absent.
+    pub(crate) async fn get(&self, hash: &BlockHash) -> io::Result<Option<Bytes>> {
+        match &self.kind {
+            Kind::Memory(m) => Ok(lock(m).get(hash).map(|(b, _)| b.clone())),
+            Kind::Dir(root) => match tokio::fs::read(Self::path(root, hash)).await {
+                Ok(v) => Ok(Some(Bytes::from(v))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            },
+            Kind::Synthetic(s) => s.get(hash).await,
+        }
+    }
+
+    /// mtime in ns, if the block is present.
+    pub(crate) async fn mtime(&self, hash: &BlockHash) -> Option<i64> {
+        match &self.kind {
+            Kind::Memory(m) => lock(m).get(hash).map(|(_, t)| *t),
+            Kind::Dir(root) => {
+                let md = tokio::fs::metadata(Self::path(root, hash)).await.ok()?;
+                Some(
+                    md.modified()
+                        .ok()?
+                        .duration_since(UNIX_EPOCH)
+                        .ok()?
+                        .as_nanos() as i64,
+                )
+            }
+            Kind::Synthetic(s) => s.get(hash).await.ok().flatten().map(|_| s.mtime),
+        }
+    }
+
+    /// Stores a block; mtime = now.
+    pub(crate) async fn put(&self, hash: &BlockHash, data: Bytes) -> Result<(), WriteError> {
+        if self.full.load(Ordering::SeqCst) {
+            return Err(WriteError::Full);
+        }
+        match &self.kind {
+            Kind::Memory(m) => {
+                lock(m).insert(*hash, (data, now_ns()));
+                Ok(())
+            }
+            Kind::Dir(root) => {
+                let root = root.clone();
+                let hash = *hash;
+                tokio::task::spawn_blocking(move || write_file(&root, &hash, &data))
+                    .await
+                    .map_err(|e| WriteError::Other(e.to_string()))?
+                    .map_err(|e| {
+                        if e.raw_os_error() == Some(libc::ENOSPC) {
+                            WriteError::Full
+                        } else {
+                            WriteError::Other(e.to_string())
+                        }
+                    })
+            }
+            Kind::Synthetic(_) => Err(WriteError::Other("synthetic volume is read-only".into())),
+        }
+    }
+
+    /// Sets mtime to now; false when absent.
+    pub(crate) async fn touch(&self, hash: &BlockHash) -> bool {
+        match &self.kind {
+            Kind::Memory(m) => match lock(m).get_mut(hash) {
+                Some(e) => {
+                    e.1 = now_ns();
+                    true
+                }
+                None => false,
+            },
+            Kind::Dir(root) => {
+                let p = Self::path(root, hash);
+                tokio::task::spawn_blocking(move || {
+                    // Set explicitly, as the unix volume does (§11): coarse fs clocks.
+                    std::fs::File::options()
+                        .write(true)
+                        .open(&p)
+                        .and_then(|f| f.set_modified(SystemTime::now()))
+                        .is_ok()
+                })
+                .await
+                .unwrap_or(false)
+            }
+            Kind::Synthetic(s) => s.get(hash).await.ok().flatten().is_some(),
+        }
+    }
+
+    /// Deletes a block; false when absent.
+    pub(crate) async fn remove(&self, hash: &BlockHash) -> bool {
+        match &self.kind {
+            Kind::Memory(m) => lock(m).remove(hash).is_some(),
+            Kind::Dir(root) => tokio::fs::remove_file(Self::path(root, hash)).await.is_ok(),
+            Kind::Synthetic(_) => false,
+        }
+    }
+
+    /// Overwrites a stored block with different bytes (same hash): a bad disk.
+    pub(crate) async fn corrupt(&self, hash: &BlockHash) -> bool {
+        let Ok(Some(data)) = self.get(hash).await else {
+            return false;
+        };
+        let mut v = data.to_vec();
+        if v.is_empty() {
+            v.push(0);
+        } else {
+            v[0] ^= 0xff;
+        }
+        match &self.kind {
+            Kind::Memory(m) => {
+                if let Some(e) = lock(m).get_mut(hash) {
+                    e.0 = Bytes::from(v);
+                }
+                true
+            }
+            Kind::Dir(root) => tokio::fs::write(Self::path(root, hash), v).await.is_ok(),
+            Kind::Synthetic(_) => false,
+        }
+    }
+
+    /// Streams the index entries whose hex hash starts with `prefix`, in chunks.
+    pub(crate) fn index(&self, prefix: &str, tx: mpsc::Sender<Vec<IndexEntry>>) -> IndexJob {
+        let prefix = prefix.to_owned();
+        match &self.kind {
+            Kind::Memory(m) => {
+                let mut v: Vec<IndexEntry> = lock(m)
+                    .iter()
+                    .filter(|(h, _)| h.has_hex_prefix(&prefix))
+                    .map(|(h, (b, t))| (*h, b.len() as u64, *t))
+                    .collect();
+                v.sort_by_key(|e| e.0.0);
+                IndexJob::Ready(v)
+            }
+            Kind::Dir(root) => {
+                let root = root.clone();
+                IndexJob::Blocking(Box::new(move || walk_dir(&root, &prefix, &tx)))
+            }
+            Kind::Synthetic(s) => {
+                let (n, seed, mtime) = (s.n, s.seed, s.mtime);
+                IndexJob::Blocking(Box::new(move || {
+                    let mut chunk = Vec::with_capacity(CHUNK);
+                    let mut data = Vec::with_capacity(256);
+                    for i in 0..n {
+                        synthetic_block_into(seed, i, &mut data);
+                        let h = BlockHash(Md5::digest(&data).into());
+                        if prefix.is_empty() || h.has_hex_prefix(&prefix) {
+                            chunk.push((h, data.len() as u64, mtime));
+                            if chunk.len() == CHUNK
+                                && tx.blocking_send(std::mem::take(&mut chunk)).is_err()
+                            {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    if !chunk.is_empty() {
+                        let _ = tx.blocking_send(chunk);
+                    }
+                    Ok(())
+                }))
+            }
+        }
+    }
+}
+
+const CHUNK: usize = 4096;
+
+/// How an index listing is produced.
+pub(crate) enum IndexJob {
+    Ready(Vec<IndexEntry>),
+    Blocking(Box<dyn FnOnce() -> io::Result<()> + Send>),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write_file(root: &std::path::Path, hash: &BlockHash, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let h = hash.to_hex();
+    let dir = root.join(&h[..3]);
+    std::fs::create_dir_all(&dir)?;
+    // A temp file in the same directory, then a rename: partial blocks never show (§5.4).
+    let tmp = dir.join(format!("tmp{h}{}", rand::random::<u32>()));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.set_modified(SystemTime::now())?;
+        drop(f);
+        std::fs::rename(&tmp, dir.join(&h))
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+fn is_hex(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn walk_dir(
+    root: &std::path::Path,
+    prefix: &str,
+    tx: &mpsc::Sender<Vec<IndexEntry>>,
+) -> io::Result<()> {
+    let mut chunk = Vec::with_capacity(CHUNK);
+    for d in std::fs::read_dir(root)? {
+        let d = d?;
+        let name = d.file_name();
+        let Some(name) = name.to_str() else { continue };
+        // Index directories match ^[0-9a-f]+$ (§11); skip ones that cannot hold the prefix.
+        if !is_hex(name) || !(prefix.starts_with(name) || name.starts_with(prefix)) {
+            continue;
+        }
+        let Ok(files) = std::fs::read_dir(d.path()) else {
+            continue;
+        };
+        for f in files {
+            let f = f?;
+            let fname = f.file_name();
+            let Some(fname) = fname.to_str() else {
+                continue;
+            };
+            if fname.len() != 32 || !is_hex(fname) || !fname.starts_with(prefix) {
+                continue;
+            }
+            let Ok(md) = f.metadata() else { continue };
+            let Ok(hash) = BlockHash::from_hex(fname) else {
+                continue;
+            };
+            let mtime = md
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos() as i64);
+            chunk.push((hash, md.len(), mtime));
+            if chunk.len() == CHUNK && tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = tx.blocking_send(chunk);
+    }
+    Ok(())
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Block `i` of a synthetic volume: `i` as 8 little-endian bytes, then filler from
+/// (seed, i); 48..=175 bytes long so 10 million hashes take seconds, not minutes.
+pub fn synthetic_block(seed: u64, i: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(176);
+    synthetic_block_into(seed, i, &mut v);
+    v
+}
+
+/// [`synthetic_block`] into a reused buffer.
+fn synthetic_block_into(seed: u64, i: u64, v: &mut Vec<u8>) {
+    v.clear();
+    let mut state = splitmix(seed ^ splitmix(i));
+    let len = 48 + (state % 128) as usize;
+    v.extend_from_slice(&i.to_le_bytes());
+    while v.len() < len {
+        state = splitmix(state);
+        v.extend_from_slice(&state.to_le_bytes());
+    }
+    v.truncate(len);
+}
+
+/// A read-only volume of `n` derived blocks. Nothing is stored per block until the
+/// first read, which builds a sorted table of (hash prefix, i) at 8 bytes per block.
+pub(crate) struct Synthetic {
+    pub(crate) n: u64,
+    pub(crate) seed: u64,
+    pub(crate) mtime: i64,
+    table: OnceCell<std::sync::Arc<Vec<u64>>>,
+}
+
+impl Synthetic {
+    pub(crate) fn new(n: u64, seed: u64) -> Synthetic {
+        assert!(n <= u64::from(u32::MAX), "at most 2^32-1 synthetic blocks");
+        Synthetic {
+            n,
+            seed,
+            mtime: now_ns(),
+            table: OnceCell::new(),
+        }
+    }
+
+    async fn get(&self, hash: &BlockHash) -> io::Result<Option<Bytes>> {
+        let (n, seed) = (self.n, self.seed);
+        let table = self
+            .table
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || {
+                    let mut buf = Vec::with_capacity(256);
+                    let mut t: Vec<u64> = (0..n)
+                        .map(|i| {
+                            synthetic_block_into(seed, i, &mut buf);
+                            let h: [u8; 16] = Md5::digest(&buf).into();
+                            (u64::from(u32::from_be_bytes([h[0], h[1], h[2], h[3]])) << 32) | i
+                        })
+                        .collect();
+                    t.sort_unstable();
+                    std::sync::Arc::new(t)
+                })
+                .await
+                .map_err(io::Error::other)
+            })
+            .await?;
+        let p = u64::from(u32::from_be_bytes([
+            hash.0[0], hash.0[1], hash.0[2], hash.0[3],
+        ]));
+        let start = table.partition_point(|&e| (e >> 32) < p);
+        for &e in &table[start..] {
+            if e >> 32 != p {
+                break;
+            }
+            let data = synthetic_block(seed, e & 0xffff_ffff);
+            if BlockHash(Md5::digest(&data).into()) == *hash {
+                return Ok(Some(Bytes::from(data)));
+            }
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,215 @@
+//! Fault injection and the request log.
+
+use std::time::{Duration, Instant};
+
+use keep_client::Locator;
+use keep_testcluster::{TestCluster, token_digest_of};
+
+use crate::util::{http, sb};
+
+const FOO: &str = "acbd18db4cc2f85cedef654fccc4a4d8";
+
+#[tokio::test]
+async fn burst_rate_method_latency() {
+    let c = TestCluster::builder()
+        .keepstores(1)
+        .blob_signing(false)
+        .fault_seed(42)
+        .start()
+        .await
+        .unwrap();
+    let url = c.keepstores()[0].url.clone();
+    let f = c.faults("keepstore0").unwrap();
+    f.fail_next(2, 503, Some("PUT"));
+    // GET is not affected by a PUT-only fault.
+    assert_eq!(
+        http()
+            .get(format!("{url}/{FOO}+3"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            http()
+                .put(format!("{url}/{FOO}"))
+                .body("foo")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            503
+        );
+    }
+    assert_eq!(
+        http()
+            .put(format!("{url}/{FOO}"))
+            .body("foo")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    f.fail_rate(0.5, 500, None);
+    let mut fails = 0;
+    for _ in 0..40 {
+        if http()
+            .get(format!("{url}/{FOO}+3"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 500
+        {
+            fails += 1;
+        }
+    }
+    assert!((5..35).contains(&fails), "{fails} of 40");
+    f.clear();
+    f.set_latency(Duration::from_millis(150));
+    let t = Instant::now();
+    assert_eq!(
+        http()
+            .get(format!("{url}/{FOO}+3"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(t.elapsed() >= Duration::from_millis(150));
+    f.clear();
+
+    // Corrupted reads: 200 with bytes that fail the checksum.
+    f.set_corrupt_reads(true);
+    let b = http()
+        .get(format!("{url}/{FOO}+3"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(b.len(), 3);
+    assert_ne!(&b[..], b"foo");
+    f.clear();
+
+    // Truncated index: no blank line at the end.
+    f.set_truncate_index(true);
+    let body = http()
+        .get(format!("{url}/index"))
+        .bearer_auth(c.system_root_token())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, format!("{}\n", body.trim_end()));
+    assert!(!body.ends_with("\n\n"));
+    f.clear();
+
+    // Bandwidth: 3 bytes at 10 B/s take about 0.3 s.
+    f.set_bandwidth(Some(10));
+    let t = Instant::now();
+    http()
+        .get(format!("{url}/{FOO}+3"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    f.clear();
+}
+
+#[tokio::test]
+async fn max_concurrent_and_stop_start() {
+    let c = TestCluster::builder()
+        .keepstores(1)
+        .blob_signing(false)
+        .start()
+        .await
+        .unwrap();
+    let url = c.keepstores()[0].url.clone();
+    let f = c.faults(&c.keepstores()[0].uuid).unwrap();
+    f.set_max_concurrent(Some(1));
+    f.set_latency(Duration::from_millis(300));
+    let a = tokio::spawn({
+        let url = url.clone();
+        async move {
+            http()
+                .get(format!("{url}/{FOO}+3"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = http().get(format!("{url}/{FOO}+3")).send().await.unwrap();
+    assert_eq!(sb(r).await, (503, String::new()));
+    assert_eq!(a.await.unwrap(), 404);
+    f.clear();
+
+    c.stop_keepstore(0).await.unwrap();
+    let e = http()
+        .get(format!("{url}/{FOO}+3"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(e.is_connect(), "{e}");
+    c.start_keepstore(0).await.unwrap();
+    assert_eq!(
+        http()
+            .get(format!("{url}/{FOO}+3"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn request_log_records() {
+    let c = TestCluster::builder().keepstores(1).start().await.unwrap();
+    let url = c.keepstores()[0].url.clone();
+    let tok = "secret-token";
+    let r = http()
+        .put(format!("{url}/{FOO}"))
+        .bearer_auth(tok)
+        .body("foo")
+        .send()
+        .await
+        .unwrap();
+    let signed = r.text().await.unwrap().trim().to_owned();
+    let r = http()
+        .get(format!("{url}/{signed}"))
+        .bearer_auth(tok)
+        .send()
+        .await
+        .unwrap();
+    r.bytes().await.unwrap();
+    let log = c.request_log();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].method, "PUT");
+    assert_eq!(log[0].bytes, 3);
+    assert_eq!(log[0].service, c.keepstores()[0].uuid);
+    assert_eq!(log[1].path, format!("/{FOO}+3"));
+    assert_eq!(log[1].status, 200);
+    assert_eq!(log[1].bytes, 3);
+    assert_eq!(log[1].token.as_deref(), Some(token_digest_of(tok).as_str()));
+    assert_eq!(token_digest_of(tok).len(), 12);
+    let _ = Locator::of(b"foo");
+}

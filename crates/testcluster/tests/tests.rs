@@ -1,0 +1,9 @@
+//! Integration tests of keep-testcluster: one binary (style.md B4).
+
+mod cli;
+mod controller;
+mod faults;
+mod interop;
+mod keepstore;
+mod proxy;
+mod util;
