@@ -88,8 +88,35 @@ impl MockServer {
     pub(crate) async fn start(
         handler: impl FnMut(&Request) -> Reply + Send + 'static,
     ) -> MockServer {
+        Self::start_inner(handler, None).await
+    }
+
+    /// An https server with a fresh self-signed certificate for `127.0.0.1`.
+    pub(crate) async fn start_tls(
+        handler: impl FnMut(&Request) -> Reply + Send + 'static,
+    ) -> MockServer {
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap();
+        let cert = ck.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::start_inner(handler, Some(acceptor)).await
+    }
+
+    async fn start_inner(
+        handler: impl FnMut(&Request) -> Reply + Send + 'static,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> MockServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(State {
             handler: Box::new(handler),
             requests: Vec::new(),
@@ -101,14 +128,22 @@ impl MockServer {
                     return;
                 };
                 let st = Arc::clone(&st);
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<Incoming>| {
                         let st = Arc::clone(&st);
                         async move { Ok::<_, Infallible>(answer(&st, req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(stream), svc).await,
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            http.serve_connection(TokioIo::new(stream), svc).await
+                        }
+                    };
                 });
             }
         });
@@ -121,6 +156,11 @@ impl MockServer {
 
     pub(crate) fn count(&self) -> usize {
         self.state.lock().unwrap().requests.len()
+    }
+
+    /// `host:port`, as an `ARVADOS_API_HOST`.
+    pub(crate) fn host(&self) -> &str {
+        self.url.split_once("://").map_or(&self.url, |(_, h)| h)
     }
 
     pub(crate) fn set_handler(&self, handler: impl FnMut(&Request) -> Reply + Send + 'static) {
