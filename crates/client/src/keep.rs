@@ -374,7 +374,7 @@ impl KeepClient {
         for attempt in 0..attempts {
             if attempt > 0 {
                 let delay = backoff.next_delay();
-                tracing::debug!(block = %locator, attempt, ?delay, "retrying read");
+                tracing::debug!(block = %locator, attempt, attempts, ?delay, "retrying read");
                 tokio::time::sleep(delay).await;
             }
             let mut retry = Vec::new();
@@ -591,7 +591,6 @@ impl KeepClient {
         let mut confirmed: BTreeMap<String, usize> = BTreeMap::new();
         // Last failure per service uuid, in first-failure order.
         let mut failures: Vec<ServiceFailure> = Vec::new();
-        let mut content_rejected = None;
 
         let remaining = |done: usize, tracking: bool, todo: &BTreeMap<String, usize>| {
             if tracking {
@@ -604,7 +603,7 @@ impl KeepClient {
         'passes: for attempt in 0..attempts {
             if attempt > 0 {
                 let delay = backoff.next_delay();
-                tracing::debug!(block = %unsigned, attempt, ?delay, "retrying write");
+                tracing::debug!(block = %unsigned, attempt, attempts, ?delay, "retrying write");
                 tokio::time::sleep(delay).await;
             }
             let mut next = 0;
@@ -650,16 +649,18 @@ impl KeepClient {
                         locator = Some(stored.locator);
                     }
                     Err(e) => {
-                        tracing::debug!(block = %unsigned, service = %svc.uuid, attempt, error = %e, "write failed");
+                        tracing::debug!(block = %unsigned, service = %svc.uuid, attempt, attempts, error = %e, "write failed");
+                        if matches!(e, Error::ContentRejected { .. }) {
+                            // The data does not hash to `hash`: every service will
+                            // say so. Stop (uploads still running are dropped).
+                            return Err(e);
+                        }
                         if e.is_retryable() {
                             retry.push(svc);
                         }
                         let f = ServiceFailure::from_error(&svc.uuid, &e);
                         failures.retain(|x| x.service != svc.uuid);
                         failures.push(f);
-                        if matches!(e, Error::ContentRejected { .. }) {
-                            content_rejected = Some(e);
-                        }
                     }
                 }
             }
@@ -676,9 +677,6 @@ impl KeepClient {
                 stored_on,
                 classes_confirmed: confirmed,
             });
-        }
-        if let (Some(e), 0) = (content_rejected, done) {
-            return Err(e);
         }
         Err(Error::InsufficientReplicas {
             locator: unsigned.unsigned(),
@@ -702,6 +700,8 @@ impl KeepClient {
         let mut req = self
             .request(reqwest::Method::PUT, &url, reqid)
             .header(CONTENT_TYPE, "application/octet-stream")
+            // Explicit, so that an empty body still says `Content-Length: 0`: 2.x
+            // keepstores and keepproxy answer 411 without it (§5.4, §6.4).
             .header(CONTENT_LENGTH, data.len())
             .header("X-Keep-Desired-Replicas", replicas);
         if !classes.is_empty() {

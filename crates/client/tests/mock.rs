@@ -38,6 +38,8 @@ pub(crate) struct Reply {
     pub(crate) headers: Vec<(String, String)>,
     /// Body chunks, sent as separate frames with a short pause between them.
     pub(crate) chunks: Vec<Bytes>,
+    /// A pause before the response is sent (to trigger client timeouts).
+    pub(crate) delay: Duration,
 }
 
 impl Reply {
@@ -46,6 +48,7 @@ impl Reply {
             status,
             headers: Vec::new(),
             chunks: vec![body.into()],
+            delay: Duration::ZERO,
         }
     }
     pub(crate) fn ok(body: impl Into<Bytes>) -> Reply {
@@ -56,7 +59,12 @@ impl Reply {
             status,
             headers: Vec::new(),
             chunks,
+            delay: Duration::ZERO,
         }
+    }
+    pub(crate) fn delayed(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
     }
     pub(crate) fn header(mut self, k: &str, v: impl ToString) -> Reply {
         self.headers.push((k.to_owned(), v.to_string()));
@@ -193,6 +201,9 @@ async fn answer(
         s.requests.push(request.clone());
         (s.handler)(&request)
     };
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
     let mut resp = hyper::Response::builder().status(reply.status);
     for (k, v) in &reply.headers {
         resp = resp.header(k, v);
