@@ -1,5 +1,6 @@
 //! KeepClient HTTP behaviour against scripted servers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,7 +10,7 @@ use keep_client::{
     RetryConfig, ServiceType, SignatureFormat, SigningKey, Token,
 };
 
-use crate::mock::{MockServer, Reply, keepstore, servers};
+use crate::mock::{Gauge, MockServer, Reply, keepstore, servers};
 
 const TOKEN: &str = "v2/zzzzz-gj3su-077z32aux8dg2s1/testtokensecret0123456789abcdefghijklmnopq";
 const KEY: &str = "testsigningkey0123456789abcdefghijklmnopqrstuvwxyz";
@@ -718,4 +719,29 @@ async fn slow_service_times_out_and_is_retried() {
     assert!(e.is_retryable());
     assert_eq!(e.reason(), "timeout");
     assert_no_secrets(&e, &loc);
+}
+
+/// Disk services: R uploads run at once. Proxies: one at a time (§6.6, §8.6).
+#[tokio::test]
+async fn put_concurrency_disk_versus_proxy() {
+    let data = Bytes::from_static(b"concurrent");
+    let hash = BlockHash::of(&data);
+    for proxy in [false, true] {
+        let gauge = Arc::new(Gauge::default());
+        let (mocks, mut services) = servers(4, |_| {
+            let mut store = keepstore();
+            let g = Arc::clone(&gauge);
+            move |r: &crate::mock::Request| store(r).gauged(&g, Duration::from_millis(150))
+        })
+        .await;
+        if proxy {
+            for s in &mut services {
+                s.service_type = ServiceType::Proxy;
+            }
+        }
+        let r = client(services).put(hash, data.clone(), 3).await.unwrap();
+        assert_eq!(r.replicas, 3);
+        assert_eq!(mocks.iter().map(MockServer::count).sum::<usize>(), 3);
+        assert_eq!(gauge.max(), if proxy { 1 } else { 3 }, "proxy={proxy}");
+    }
 }

@@ -40,6 +40,28 @@ pub(crate) struct Reply {
     pub(crate) chunks: Vec<Bytes>,
     /// A pause before the response is sent (to trigger client timeouts).
     pub(crate) delay: Duration,
+    /// Counts this request as in flight during `delay` (to observe concurrency).
+    pub(crate) gauge: Option<Arc<Gauge>>,
+}
+
+/// Counts requests in flight (across servers) and remembers the maximum.
+#[derive(Debug, Default)]
+pub(crate) struct Gauge {
+    current: Mutex<(usize, usize)>,
+}
+
+impl Gauge {
+    pub(crate) fn max(&self) -> usize {
+        self.current.lock().unwrap().1
+    }
+    fn enter(&self) {
+        let mut c = self.current.lock().unwrap();
+        c.0 += 1;
+        c.1 = c.1.max(c.0);
+    }
+    fn leave(&self) {
+        self.current.lock().unwrap().0 -= 1;
+    }
 }
 
 impl Reply {
@@ -49,6 +71,7 @@ impl Reply {
             headers: Vec::new(),
             chunks: vec![body.into()],
             delay: Duration::ZERO,
+            gauge: None,
         }
     }
     pub(crate) fn ok(body: impl Into<Bytes>) -> Reply {
@@ -60,9 +83,15 @@ impl Reply {
             headers: Vec::new(),
             chunks,
             delay: Duration::ZERO,
+            gauge: None,
         }
     }
     pub(crate) fn delayed(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+    pub(crate) fn gauged(mut self, gauge: &Arc<Gauge>, delay: Duration) -> Reply {
+        self.gauge = Some(Arc::clone(gauge));
         self.delay = delay;
         self
     }
@@ -201,8 +230,14 @@ async fn answer(
         s.requests.push(request.clone());
         (s.handler)(&request)
     };
+    if let Some(g) = &reply.gauge {
+        g.enter();
+    }
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
+    }
+    if let Some(g) = &reply.gauge {
+        g.leave();
     }
     let mut resp = hyper::Response::builder().status(reply.status);
     for (k, v) in &reply.headers {
