@@ -206,3 +206,25 @@ async fn client_from_settings_end_to_end() {
         .unwrap_err();
     assert!(e.to_string().contains("ARVADOS_API_TOKEN"), "{e}");
 }
+
+#[tokio::test]
+async fn api_requests_are_retried_on_server_errors() {
+    let mut n = 0;
+    let api = MockServer::start_tls(move |_: &Request| {
+        n += 1;
+        if n == 1 {
+            Reply::new(502, "bad gateway")
+        } else {
+            Reply::ok(discovery_doc().to_string())
+        }
+    })
+    .await;
+    let mut o = insecure();
+    o.retry.backoff.initial = Duration::from_millis(1);
+    let c = Controller::new(api.host(), None, &o).unwrap();
+    assert_eq!(
+        c.discovery().await.unwrap().uuid_prefix.as_deref(),
+        Some("zzzzz")
+    );
+    assert_eq!(api.count(), 2);
+}

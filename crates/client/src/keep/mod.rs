@@ -206,7 +206,9 @@ impl KeepClient {
     ) -> Result<(KeepClient, ClusterInfo)> {
         options.insecure |= settings.insecure;
         let (host, token) = settings.require_api()?;
-        let controller = Controller::new(host, Some(token.clone()), &options)?;
+        // One connection pool for the controller and the Keep services.
+        let http = http_client(&options.http_settings())?;
+        let controller = Controller::with_http(host, Some(token.clone()), &options, http.clone())?;
         let discovery = controller.discovery().await?;
         let config = match controller.cluster_config().await {
             Ok(c) => c.unwrap_or_default(),
@@ -228,7 +230,12 @@ impl KeepClient {
             blob_signature_ttl: discovery.blob_signature_ttl.or(config.blob_signing_ttl),
             default_storage_classes: config.default_storage_classes,
         };
-        let client = KeepClient::new(services, token.clone(), options)?;
+        let client = KeepClient {
+            services,
+            token: token.clone(),
+            http,
+            options,
+        };
         Ok((client, info))
     }
 
