@@ -197,8 +197,8 @@ impl KeepClient {
     ///
     /// # Errors
     /// Missing `ARVADOS_API_HOST`/`ARVADOS_API_TOKEN`, controller errors (an
-    /// unreachable `/arvados/v1/config` is only logged), or an invalid
-    /// `ARVADOS_KEEP_SERVICES`.
+    /// unreachable `/arvados/v1/config` is only logged), an invalid
+    /// `ARVADOS_KEEP_SERVICES`, or an empty service list ([`Error::NoServices`]).
     pub async fn from_settings(
         settings: &ClusterSettings,
         mut options: ClientOptions,
@@ -222,6 +222,9 @@ impl KeepClient {
             (None, Some(list)) => from_keep_services_env(list)?,
             (None, None) => controller.accessible_services().await?,
         };
+        if services.is_empty() {
+            return Err(Error::NoServices { kind: "readable" });
+        }
         let info = ClusterInfo {
             uuid_prefix: discovery.uuid_prefix.or(config.cluster_id),
             default_replication: discovery
