@@ -77,6 +77,7 @@ impl KeepClient {
     ) -> Result<u64> {
         let mut resp = self
             .request(reqwest::Method::GET, url, reqid)
+            .timeout(self.options.index_timeout)
             .send()
             .await
             .map_err(|e| transport_error(&svc.uuid, e, false))?;

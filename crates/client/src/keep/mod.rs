@@ -32,6 +32,10 @@ pub struct ClientOptions {
     /// Whole-request timeout, body included. Default 300 s: a 64 MiB block must fit
     /// through a slow link (Go's 20 s to keepstores assumes a LAN, §8.8).
     pub request_timeout: Duration,
+    /// Whole-request timeout for an index listing, which can be hundreds of MB
+    /// (keepstore exempts `/index` from its own request timeout, §5.6). Default 1 h;
+    /// `read_timeout` still catches a stalled listing.
+    pub index_timeout: Duration,
     /// Longest wait for the next bytes of a response: detects stalled transfers long
     /// before `request_timeout`. Default 60 s; `None` disables it.
     pub read_timeout: Option<Duration>,
@@ -53,6 +57,7 @@ impl Default for ClientOptions {
         ClientOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(300),
+            index_timeout: Duration::from_secs(3600),
             read_timeout: Some(Duration::from_secs(60)),
             retry: RetryConfig::default(),
             storage_classes: Vec::new(),
