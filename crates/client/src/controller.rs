@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result, sanitize_body};
 use crate::keep::ClientOptions;
+use crate::retry::RetryConfig;
 use crate::services::{KeepService, parse_keep_services_json};
 use crate::signing::Token;
 use crate::tls::{http_client, transport_error};
@@ -44,6 +45,7 @@ pub struct Controller {
     host: String,
     token: Option<Token>,
     http: reqwest::Client,
+    retry: RetryConfig,
 }
 
 impl Controller {
@@ -58,6 +60,17 @@ impl Controller {
         api_host: &str,
         token: Option<Token>,
         options: &ClientOptions,
+    ) -> Result<Controller> {
+        let http = http_client(&options.http_settings())?;
+        Self::with_http(api_host, token, options, http)
+    }
+
+    /// Like [`Controller::new`], sharing an existing connection pool.
+    pub(crate) fn with_http(
+        api_host: &str,
+        token: Option<Token>,
+        options: &ClientOptions,
+        http: reqwest::Client,
     ) -> Result<Controller> {
         let host = api_host.trim().trim_end_matches('/');
         let host = match host.split_once("://") {
@@ -77,7 +90,8 @@ impl Controller {
         Ok(Controller {
             host: host.to_owned(),
             token,
-            http: http_client(&options.http_settings())?,
+            http,
+            retry: options.retry,
         })
     }
 
@@ -86,8 +100,31 @@ impl Controller {
         &self.host
     }
 
-    /// GETs `path` and returns the JSON, or `None` on 404 when `allow_404`.
+    /// GETs `path` and returns the JSON, or `None` on 404 when `allow_404`. Temporary
+    /// failures (5xx, network, timeouts) are retried per the client's [`RetryConfig`].
     async fn get_json(&self, path: &str, auth: bool, allow_404: bool) -> Result<Option<Value>> {
+        let mut backoff = self.retry.backoff();
+        let attempts = self.retry.attempts();
+        let mut attempt = 1;
+        loop {
+            match self.get_json_once(path, auth, allow_404).await {
+                Err(e) if e.is_retryable() && attempt < attempts => {
+                    let delay = backoff.next_delay();
+                    tracing::debug!(api = %self.host, path, attempt, attempts, ?delay, error = %e, "retrying API request");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn get_json_once(
+        &self,
+        path: &str,
+        auth: bool,
+        allow_404: bool,
+    ) -> Result<Option<Value>> {
         let url = format!("https://{}{}", self.host, path);
         let mut req = self.http.get(&url).header("Accept", "application/json");
         if auth {

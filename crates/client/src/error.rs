@@ -59,7 +59,9 @@ struct Failures<'a>(&'a [ServiceFailure]);
 impl fmt::Display for Failures<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.0.is_empty() {
-            return f.write_str("no service was tried");
+            // E.g. every service answered 200 but a storage class stayed unconfirmed.
+            return f
+                .write_str("no service reported an error, but no further service was left to try");
         }
         for (i, x) in self.0.iter().enumerate() {
             if i > 0 {

@@ -319,6 +319,44 @@ mod tests {
         }
     }
 
+    /// Fuzz-style: random bytes in random chunks never panic, and a valid body
+    /// split at random points always parses to the same entries.
+    #[test]
+    fn random_input_never_panics() {
+        use rand::rngs::SmallRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = SmallRng::seed_from_u64(42);
+        let alphabet = b"0123456789abcdef+ \n\nx-";
+        for _ in 0..2000 {
+            let len = rng.random_range(0..200);
+            let body: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                .collect();
+            let mut p = IndexParser::new("");
+            let mut rest = &body[..];
+            let mut failed = false;
+            while !rest.is_empty() && !failed {
+                let n = rng.random_range(1..=rest.len());
+                failed = p.feed(&rest[..n], &mut |_| {}).is_err();
+                rest = &rest[n..];
+            }
+            if !failed {
+                let _ = p.finish();
+            }
+        }
+        let body = format!("{FOO}+3 1\n{BAR}+3 2\n\n");
+        let want = parse("", &body).unwrap();
+        for _ in 0..200 {
+            let b = body.as_bytes();
+            let i = rng.random_range(0..=b.len());
+            let j = rng.random_range(i..=b.len());
+            assert_eq!(
+                parse_chunks("", &[&b[..i], &b[i..j], &b[j..]]).unwrap(),
+                want
+            );
+        }
+    }
+
     #[test]
     fn prefix_enforced() {
         let body = format!("{BAR}+3 5\n{BAR}+3 6\n\n");

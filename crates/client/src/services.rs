@@ -12,8 +12,8 @@ use crate::error::{Error, Result};
 /// What kind of server a Keep service is (`service_type`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ServiceType {
-    /// A keepstore (`disk`): stores exactly one replica per successful PUT... or
-    /// whatever `X-Keep-Replicas-Stored` says.
+    /// A keepstore (`disk`): one upload per wanted replica, each counted by its
+    /// `X-Keep-Replicas-Stored` (a keepstore with replicated volumes may store more).
     Disk,
     /// A keepproxy (`proxy`): fans writes out to several keepstores (§6).
     Proxy,

@@ -1,5 +1,6 @@
 //! KeepClient HTTP behaviour against scripted servers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,7 +10,7 @@ use keep_client::{
     RetryConfig, ServiceType, SignatureFormat, SigningKey, Token,
 };
 
-use crate::mock::{MockServer, Reply, keepstore, servers};
+use crate::mock::{Gauge, MockServer, Reply, keepstore, servers};
 
 const TOKEN: &str = "v2/zzzzz-gj3su-077z32aux8dg2s1/testtokensecret0123456789abcdefghijklmnopq";
 const KEY: &str = "testsigningkey0123456789abcdefghijklmnopqrstuvwxyz";
@@ -320,6 +321,8 @@ async fn put_goes_to_first_r_writable_services_in_probe_order() {
     );
     assert_eq!(req.header("x-keep-storage-classes"), None);
     assert_eq!(req.body, data);
+    let lengths: Vec<_> = req.headers.get_all("content-length").iter().collect();
+    assert_eq!(lengths, [data.len().to_string().as_str()]);
     assert!(r.locator.is_signed());
     assert_eq!(r.locator.hash(), hash);
     // The PutResult does not print the signature.
@@ -664,5 +667,81 @@ async fn secrets_never_appear_in_errors() {
     assert_eq!(errors.len(), 32);
     for e in &errors {
         assert_no_secrets(e, &loc);
+    }
+}
+
+#[tokio::test]
+async fn put_empty_block_still_uploads() {
+    let (mocks, services) = servers(1, |_| keepstore()).await;
+    let c = client(services);
+    let r = c.put(BlockHash::EMPTY, Bytes::new(), 1).await.unwrap();
+    assert_eq!(r.locator.unsigned(), "d41d8cd98f00b204e9800998ecf8427e+0");
+    let req = &mocks[0].requests()[0];
+    assert_eq!(req.method, "PUT");
+    assert!(req.body.is_empty());
+    assert_eq!(req.header("content-length"), Some("0"));
+    // replicas = 0 writes nothing.
+    let r = c.put(BlockHash::EMPTY, Bytes::new(), 0).await.unwrap();
+    assert_eq!(r.replicas, 0);
+    assert_eq!(mocks[0].count(), 1);
+}
+
+#[tokio::test]
+async fn slow_service_times_out_and_is_retried() {
+    let data = Bytes::from_static(b"slow data");
+    let loc = signed(&data);
+    let mut n = 0;
+    let (mocks, services) = servers(1, |_| {
+        let d = data.clone();
+        move |_: &crate::mock::Request| {
+            n += 1;
+            let r = Reply::ok(d.clone());
+            if n == 1 {
+                r.delayed(Duration::from_secs(2))
+            } else {
+                r
+            }
+        }
+    })
+    .await;
+    let mut o = options();
+    o.request_timeout = Duration::from_millis(300);
+    let c = KeepClient::new(services.clone(), Token::new(TOKEN), o.clone()).unwrap();
+    assert_eq!(c.get(&loc).await.unwrap(), data);
+    assert_eq!(mocks[0].count(), 2);
+
+    // Always slow: a Timeout naming the service, retryable.
+    mocks[0].set_handler(|_| Reply::ok("x").delayed(Duration::from_secs(2)));
+    o.retry.retries = 0;
+    let c = KeepClient::new(services, Token::new(TOKEN), o).unwrap();
+    let e = c.get(&loc).await.unwrap_err();
+    assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+    assert!(e.is_retryable());
+    assert_eq!(e.reason(), "timeout");
+    assert_no_secrets(&e, &loc);
+}
+
+/// Disk services: R uploads run at once. Proxies: one at a time (§6.6, §8.6).
+#[tokio::test]
+async fn put_concurrency_disk_versus_proxy() {
+    let data = Bytes::from_static(b"concurrent");
+    let hash = BlockHash::of(&data);
+    for proxy in [false, true] {
+        let gauge = Arc::new(Gauge::default());
+        let (mocks, mut services) = servers(4, |_| {
+            let mut store = keepstore();
+            let g = Arc::clone(&gauge);
+            move |r: &crate::mock::Request| store(r).gauged(&g, Duration::from_millis(150))
+        })
+        .await;
+        if proxy {
+            for s in &mut services {
+                s.service_type = ServiceType::Proxy;
+            }
+        }
+        let r = client(services).put(hash, data.clone(), 3).await.unwrap();
+        assert_eq!(r.replicas, 3);
+        assert_eq!(mocks.iter().map(MockServer::count).sum::<usize>(), 3);
+        assert_eq!(gauge.max(), if proxy { 1 } else { 3 }, "proxy={proxy}");
     }
 }

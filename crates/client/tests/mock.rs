@@ -38,6 +38,30 @@ pub(crate) struct Reply {
     pub(crate) headers: Vec<(String, String)>,
     /// Body chunks, sent as separate frames with a short pause between them.
     pub(crate) chunks: Vec<Bytes>,
+    /// A pause before the response is sent (to trigger client timeouts).
+    pub(crate) delay: Duration,
+    /// Counts this request as in flight during `delay` (to observe concurrency).
+    pub(crate) gauge: Option<Arc<Gauge>>,
+}
+
+/// Counts requests in flight (across servers) and remembers the maximum.
+#[derive(Debug, Default)]
+pub(crate) struct Gauge {
+    current: Mutex<(usize, usize)>,
+}
+
+impl Gauge {
+    pub(crate) fn max(&self) -> usize {
+        self.current.lock().unwrap().1
+    }
+    fn enter(&self) {
+        let mut c = self.current.lock().unwrap();
+        c.0 += 1;
+        c.1 = c.1.max(c.0);
+    }
+    fn leave(&self) {
+        self.current.lock().unwrap().0 -= 1;
+    }
 }
 
 impl Reply {
@@ -46,6 +70,8 @@ impl Reply {
             status,
             headers: Vec::new(),
             chunks: vec![body.into()],
+            delay: Duration::ZERO,
+            gauge: None,
         }
     }
     pub(crate) fn ok(body: impl Into<Bytes>) -> Reply {
@@ -56,7 +82,18 @@ impl Reply {
             status,
             headers: Vec::new(),
             chunks,
+            delay: Duration::ZERO,
+            gauge: None,
         }
+    }
+    pub(crate) fn delayed(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+    pub(crate) fn gauged(mut self, gauge: &Arc<Gauge>, delay: Duration) -> Reply {
+        self.gauge = Some(Arc::clone(gauge));
+        self.delay = delay;
+        self
     }
     pub(crate) fn header(mut self, k: &str, v: impl ToString) -> Reply {
         self.headers.push((k.to_owned(), v.to_string()));
@@ -88,8 +125,35 @@ impl MockServer {
     pub(crate) async fn start(
         handler: impl FnMut(&Request) -> Reply + Send + 'static,
     ) -> MockServer {
+        Self::start_inner(handler, None).await
+    }
+
+    /// An https server with a fresh self-signed certificate for `127.0.0.1`.
+    pub(crate) async fn start_tls(
+        handler: impl FnMut(&Request) -> Reply + Send + 'static,
+    ) -> MockServer {
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap();
+        let cert = ck.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::start_inner(handler, Some(acceptor)).await
+    }
+
+    async fn start_inner(
+        handler: impl FnMut(&Request) -> Reply + Send + 'static,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> MockServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(State {
             handler: Box::new(handler),
             requests: Vec::new(),
@@ -101,14 +165,22 @@ impl MockServer {
                     return;
                 };
                 let st = Arc::clone(&st);
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<Incoming>| {
                         let st = Arc::clone(&st);
                         async move { Ok::<_, Infallible>(answer(&st, req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(stream), svc).await,
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            http.serve_connection(TokioIo::new(stream), svc).await
+                        }
+                    };
                 });
             }
         });
@@ -121,6 +193,11 @@ impl MockServer {
 
     pub(crate) fn count(&self) -> usize {
         self.state.lock().unwrap().requests.len()
+    }
+
+    /// `host:port`, as an `ARVADOS_API_HOST`.
+    pub(crate) fn host(&self) -> &str {
+        self.url.split_once("://").map_or(&self.url, |(_, h)| h)
     }
 
     pub(crate) fn set_handler(&self, handler: impl FnMut(&Request) -> Reply + Send + 'static) {
@@ -153,6 +230,15 @@ async fn answer(
         s.requests.push(request.clone());
         (s.handler)(&request)
     };
+    if let Some(g) = &reply.gauge {
+        g.enter();
+    }
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    if let Some(g) = &reply.gauge {
+        g.leave();
+    }
     let mut resp = hyper::Response::builder().status(reply.status);
     for (k, v) in &reply.headers {
         resp = resp.header(k, v);

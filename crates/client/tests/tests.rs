@@ -3,6 +3,7 @@
 //! Until `keep-testcluster` lands, HTTP behaviour is tested against `mock`, a small
 //! scripted hyper server.
 
+mod controller;
 mod keep;
 mod mock;
 mod settings;

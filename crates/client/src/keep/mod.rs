@@ -1,21 +1,22 @@
 //! [`KeepClient`]: GET, HEAD, PUT and index against Keep services over HTTP(S), with
-//! probe order, retries, failover and replica counting (§8).
+//! probe order, retries, failover and replica counting (§8). Reads are here; writes
+//! are in `put.rs`, index listing in `index.rs`.
+
+mod index;
+mod put;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use md5::{Digest, Md5};
 use rand::Rng;
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use reqwest::header::CONTENT_LENGTH;
 
 use crate::controller::Controller;
 use crate::error::{Error, Result, ServiceFailure, sanitize_body};
-use crate::index::{IndexEntry, IndexError, IndexParser};
-use crate::locator::{BlockHash, Locator, LocatorError, MAX_BLOCK_SIZE};
+use crate::locator::{BlockHash, Locator, MAX_BLOCK_SIZE};
 use crate::rendezvous::probe_order;
 use crate::retry::RetryConfig;
 use crate::services::{KeepService, from_keep_services_env};
@@ -31,6 +32,10 @@ pub struct ClientOptions {
     /// Whole-request timeout, body included. Default 300 s: a 64 MiB block must fit
     /// through a slow link (Go's 20 s to keepstores assumes a LAN, §8.8).
     pub request_timeout: Duration,
+    /// Whole-request timeout for an index listing, which can be hundreds of MB
+    /// (keepstore exempts `/index` from its own request timeout, §5.6). Default 1 h;
+    /// `read_timeout` still catches a stalled listing.
+    pub index_timeout: Duration,
     /// Longest wait for the next bytes of a response: detects stalled transfers long
     /// before `request_timeout`. Default 60 s; `None` disables it.
     pub read_timeout: Option<Duration>,
@@ -52,6 +57,7 @@ impl Default for ClientOptions {
         ClientOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(300),
+            index_timeout: Duration::from_secs(3600),
             read_timeout: Some(Duration::from_secs(60)),
             retry: RetryConfig::default(),
             storage_classes: Vec::new(),
@@ -166,31 +172,6 @@ fn is_permission_answer(status: u16, body: &str) -> bool {
     }
 }
 
-/// Parses `X-Keep-Storage-Classes-Confirmed: cls=N, cls2=M`; `None` when absent or
-/// empty, which turns class tracking off (§8.6). Malformed items are ignored.
-fn parse_confirmed(h: Option<&HeaderValue>) -> Option<Vec<(String, usize)>> {
-    let s = h?.to_str().ok()?.trim();
-    if s.is_empty() {
-        return None;
-    }
-    let items: Vec<(String, usize)> = s
-        .split(',')
-        .filter_map(|item| {
-            let (c, n) = item.split_once('=')?;
-            let (c, n) = (c.trim(), n.trim().parse::<usize>().ok()?);
-            (!c.is_empty() && n >= 1).then(|| (c.to_owned(), n))
-        })
-        .collect();
-    Some(items)
-}
-
-/// One successful PUT answer.
-struct Stored {
-    replicas: usize,
-    locator: Locator,
-    confirmed: Option<Vec<(String, usize)>>,
-}
-
 impl KeepClient {
     /// A client for `services`, authenticating with `token`.
     ///
@@ -221,8 +202,8 @@ impl KeepClient {
     ///
     /// # Errors
     /// Missing `ARVADOS_API_HOST`/`ARVADOS_API_TOKEN`, controller errors (an
-    /// unreachable `/arvados/v1/config` is only logged), or an invalid
-    /// `ARVADOS_KEEP_SERVICES`.
+    /// unreachable `/arvados/v1/config` is only logged), an invalid
+    /// `ARVADOS_KEEP_SERVICES`, or an empty service list ([`Error::NoServices`]).
     pub async fn from_settings(
         settings: &ClusterSettings,
         mut options: ClientOptions,
@@ -230,7 +211,9 @@ impl KeepClient {
     ) -> Result<(KeepClient, ClusterInfo)> {
         options.insecure |= settings.insecure;
         let (host, token) = settings.require_api()?;
-        let controller = Controller::new(host, Some(token.clone()), &options)?;
+        // One connection pool for the controller and the Keep services.
+        let http = http_client(&options.http_settings())?;
+        let controller = Controller::with_http(host, Some(token.clone()), &options, http.clone())?;
         let discovery = controller.discovery().await?;
         let config = match controller.cluster_config().await {
             Ok(c) => c.unwrap_or_default(),
@@ -244,6 +227,9 @@ impl KeepClient {
             (None, Some(list)) => from_keep_services_env(list)?,
             (None, None) => controller.accessible_services().await?,
         };
+        if services.is_empty() {
+            return Err(Error::NoServices { kind: "readable" });
+        }
         let info = ClusterInfo {
             uuid_prefix: discovery.uuid_prefix.or(config.cluster_id),
             default_replication: discovery
@@ -252,7 +238,12 @@ impl KeepClient {
             blob_signature_ttl: discovery.blob_signature_ttl.or(config.blob_signing_ttl),
             default_storage_classes: config.default_storage_classes,
         };
-        let client = KeepClient::new(services, token.clone(), options)?;
+        let client = KeepClient {
+            services,
+            token: token.clone(),
+            http,
+            options,
+        };
         Ok((client, info))
     }
 
@@ -374,7 +365,7 @@ impl KeepClient {
         for attempt in 0..attempts {
             if attempt > 0 {
                 let delay = backoff.next_delay();
-                tracing::debug!(block = %locator, attempt, ?delay, "retrying read");
+                tracing::debug!(block = %locator, attempt, attempts, ?delay, "retrying read");
                 tokio::time::sleep(delay).await;
             }
             let mut retry = Vec::new();
@@ -537,386 +528,6 @@ impl KeepClient {
         }
         Ok(Read::Data(buf.freeze()))
     }
-
-    /// Writes a block (§8.6) to `replicas` replicas: uploads run concurrently to the
-    /// first writable services in probe order (as many as replicas are still missing),
-    /// a failed upload starts the next service, and services that failed temporarily
-    /// (408/429/5xx except "full", network errors, timeouts: a PUT is idempotent) are
-    /// retried in the next pass after a backoff. If any writable service is not a
-    /// keepstore, uploads go one at a time and each answer's `X-Keep-Replicas-Stored`
-    /// is trusted (§6.6). `data` is shared with every upload, never copied.
-    ///
-    /// The server checks that `data` hashes to `hash`; the client does not rehash.
-    /// An empty block is uploaded like any other (as Python does). `replicas == 0`
-    /// returns the unsigned locator without contacting any service.
-    ///
-    /// # Errors
-    /// [`Error::InsufficientReplicas`] with each failed service's reason;
-    /// [`Error::ContentRejected`] when a server says the data does not match the
-    /// hash; [`Error::NoServices`] if no service is writable;
-    /// [`Error::InvalidLocator`] for data over 64 MiB.
-    pub async fn put(&self, hash: BlockHash, data: Bytes, replicas: usize) -> Result<PutResult> {
-        self.put_excluding(hash, data, replicas, &[]).await
-    }
-
-    /// Like [`KeepClient::put`], but never writes to the services whose uuids are in
-    /// `exclude`: they already hold the block (a migration tops up an
-    /// under-replicated block on *other* services, and never resends a block to a
-    /// service that lists it).
-    ///
-    /// # Errors
-    /// As [`KeepClient::put`].
-    pub async fn put_excluding(
-        &self,
-        hash: BlockHash,
-        data: Bytes,
-        replicas: usize,
-        exclude: &[&str],
-    ) -> Result<PutResult> {
-        let size = data.len() as u64;
-        if size > MAX_BLOCK_SIZE {
-            return Err(Error::InvalidLocator(LocatorError::TooLarge));
-        }
-        let unsigned = Locator::new(hash, size);
-        if replicas == 0 {
-            return Ok(PutResult {
-                locator: unsigned,
-                replicas: 0,
-                stored_on: Vec::new(),
-                classes_confirmed: BTreeMap::new(),
-            });
-        }
-        let mut servers = self.writable_order(&hash);
-        servers.retain(|s| !exclude.contains(&s.uuid.as_str()));
-        if servers.is_empty() {
-            return Err(Error::NoServices { kind: "writable" });
-        }
-        let one_at_a_time = servers.iter().any(|s| !s.is_disk());
-        let reqid = request_id();
-        let attempts = self.options.retry.attempts();
-        let mut backoff = self.options.retry.backoff();
-
-        let mut done = 0usize;
-        let mut stored_on = Vec::new();
-        let mut locator = None;
-        let mut classes_todo: BTreeMap<String, usize> = self
-            .options
-            .storage_classes
-            .iter()
-            .map(|c| (c.clone(), replicas))
-            .collect();
-        let mut tracking = !classes_todo.is_empty();
-        let mut confirmed: BTreeMap<String, usize> = BTreeMap::new();
-        // Last failure per service uuid, in first-failure order.
-        let mut failures: Vec<ServiceFailure> = Vec::new();
-        let mut content_rejected = None;
-
-        let remaining = |done: usize, tracking: bool, todo: &BTreeMap<String, usize>| {
-            if tracking {
-                todo.values().copied().min().unwrap_or(0)
-            } else {
-                replicas.saturating_sub(done)
-            }
-        };
-
-        'passes: for attempt in 0..attempts {
-            if attempt > 0 {
-                let delay = backoff.next_delay();
-                tracing::debug!(block = %unsigned, attempt, ?delay, "retrying write");
-                tokio::time::sleep(delay).await;
-            }
-            let mut next = 0;
-            let mut retry = Vec::new();
-            let mut in_flight = FuturesUnordered::new();
-            loop {
-                let want = remaining(done, tracking, &classes_todo);
-                if want == 0 {
-                    break 'passes;
-                }
-                let per_upload = if one_at_a_time { want } else { 1 };
-                while in_flight.len() * per_upload < want && next < servers.len() {
-                    let svc = servers[next];
-                    next += 1;
-                    let classes: Vec<&str> = classes_todo.keys().map(String::as_str).collect();
-                    let classes = classes.join(", ");
-                    let fut =
-                        self.put_once(svc, &unsigned, data.clone(), replicas, classes, &reqid);
-                    in_flight.push(async move { (svc, fut.await) });
-                }
-                let Some((svc, result)) = in_flight.next().await else {
-                    break;
-                };
-                match result {
-                    Ok(stored) => {
-                        done += stored.replicas;
-                        stored_on.push(svc.uuid.clone());
-                        failures.retain(|f| f.service != svc.uuid);
-                        match stored.confirmed {
-                            None => tracking = false,
-                            Some(items) => {
-                                for (class, n) in items {
-                                    *confirmed.entry(class.clone()).or_default() += n;
-                                    if let Some(todo) = classes_todo.get_mut(&class) {
-                                        *todo = todo.saturating_sub(n);
-                                        if *todo == 0 {
-                                            classes_todo.remove(&class);
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                        locator = Some(stored.locator);
-                    }
-                    Err(e) => {
-                        tracing::debug!(block = %unsigned, service = %svc.uuid, attempt, error = %e, "write failed");
-                        if e.is_retryable() {
-                            retry.push(svc);
-                        }
-                        let f = ServiceFailure::from_error(&svc.uuid, &e);
-                        failures.retain(|x| x.service != svc.uuid);
-                        failures.push(f);
-                        if matches!(e, Error::ContentRejected { .. }) {
-                            content_rejected = Some(e);
-                        }
-                    }
-                }
-            }
-            if retry.is_empty() {
-                break;
-            }
-            servers = retry;
-        }
-
-        if remaining(done, tracking, &classes_todo) == 0 {
-            return Ok(PutResult {
-                locator: locator.unwrap_or(unsigned),
-                replicas: done,
-                stored_on,
-                classes_confirmed: confirmed,
-            });
-        }
-        if let (Some(e), 0) = (content_rejected, done) {
-            return Err(e);
-        }
-        Err(Error::InsufficientReplicas {
-            locator: unsigned.unsigned(),
-            wanted: replicas,
-            stored: done,
-            failures,
-        })
-    }
-
-    async fn put_once(
-        &self,
-        svc: &KeepService,
-        locator: &Locator,
-        data: Bytes,
-        replicas: usize,
-        classes: String,
-        reqid: &str,
-    ) -> Result<Stored> {
-        // Writes send only the 32-hex hash (§8.3).
-        let url = format!("{}/{}", svc.url, locator.hash());
-        let mut req = self
-            .request(reqwest::Method::PUT, &url, reqid)
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header(CONTENT_LENGTH, data.len())
-            .header("X-Keep-Desired-Replicas", replicas);
-        if !classes.is_empty() {
-            req = req.header("X-Keep-Storage-Classes", classes);
-        }
-        let resp = req
-            .body(data)
-            .send()
-            .await
-            .map_err(|e| transport_error(&svc.uuid, e, false))?;
-        let status = resp.status().as_u16();
-        if status != 200 {
-            let body = self.sanitize(&error_body(resp).await);
-            let lower = body.to_ascii_lowercase();
-            // 3.x: 400 `content hash ... did not match specified locator ...`;
-            // 2.x: 422 `Hash mismatch in request` (§14).
-            if (status == 400 && lower.contains("content hash") && lower.contains("did not match"))
-                || status == 422
-            {
-                return Err(Error::ContentRejected {
-                    locator: locator.unsigned(),
-                    service: svc.uuid.clone(),
-                    message: format!("HTTP {status}: {body}"),
-                });
-            }
-            if status == 401 || status == 403 {
-                return Err(Error::PermissionDenied {
-                    target: svc.uuid.clone(),
-                    message: format!("HTTP {status} on PUT: {body}"),
-                });
-            }
-            return Err(Error::Http {
-                service: svc.uuid.clone(),
-                status,
-                message: body,
-            });
-        }
-        let replicas = resp
-            .headers()
-            .get("X-Keep-Replicas-Stored")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(1);
-        let confirmed = parse_confirmed(resp.headers().get("X-Keep-Storage-Classes-Confirmed"));
-        let body = resp
-            .text()
-            .await
-            .map_err(|e| transport_error(&svc.uuid, e, true))?;
-        let returned: Locator = body.trim().parse().map_err(|_| Error::Protocol {
-            service: svc.uuid.clone(),
-            message: "PUT answer is not a locator".into(),
-        })?;
-        if returned.hash() != locator.hash() {
-            return Err(Error::Protocol {
-                service: svc.uuid.clone(),
-                message: format!(
-                    "PUT of {locator} answered a locator for {}",
-                    returned.hash()
-                ),
-            });
-        }
-        Ok(Stored {
-            replicas,
-            locator: returned,
-            confirmed,
-        })
-    }
-
-    /// Streams the index of one service (`GET {url}/index[/{prefix}]`, §5.6) through
-    /// [`IndexParser`], calling `on_entry` for each entry as the body arrives; the
-    /// body is never held in memory. The request needs the cluster's SystemRootToken.
-    ///
-    /// Temporary failures are retried only while no entry has been delivered. Once
-    /// entries were handed out, any error is returned at once and **the caller must
-    /// discard the entries received from this call**.
-    ///
-    /// # Errors
-    /// [`Error::IncompleteIndex`] / [`Error::MalformedIndex`] naming the service,
-    /// [`Error::PermissionDenied`] on 401/403, [`Error::Config`] for a prefix that is
-    /// not lowercase hex of at most 32 digits, transport and HTTP errors.
-    pub async fn index(
-        &self,
-        service: &KeepService,
-        prefix: &str,
-        mut on_entry: impl FnMut(IndexEntry) + Send,
-    ) -> Result<IndexStats> {
-        if prefix.len() > 32
-            || !prefix
-                .bytes()
-                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-        {
-            return Err(Error::Config(format!(
-                "index prefix must be at most 32 lowercase hex digits, got {prefix:?}"
-            )));
-        }
-        let url = if prefix.is_empty() {
-            format!("{}/index", service.url)
-        } else {
-            format!("{}/index/{prefix}", service.url)
-        };
-        let reqid = request_id();
-        let attempts = self.options.retry.attempts();
-        let mut backoff = self.options.retry.backoff();
-        let mut attempt = 0;
-        loop {
-            let mut delivered = 0u64;
-            let result = self
-                .index_once(service, &url, prefix, &reqid, &mut delivered, &mut on_entry)
-                .await;
-            attempt += 1;
-            match result {
-                Ok(bytes) => {
-                    return Ok(IndexStats {
-                        entries: delivered,
-                        bytes,
-                    });
-                }
-                Err(e) if delivered == 0 && e.is_retryable() && attempt < attempts => {
-                    let delay = backoff.next_delay();
-                    tracing::debug!(service = %service.uuid, attempt, ?delay, error = %e, "retrying index");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    async fn index_once(
-        &self,
-        svc: &KeepService,
-        url: &str,
-        prefix: &str,
-        reqid: &str,
-        delivered: &mut u64,
-        on_entry: &mut (impl FnMut(IndexEntry) + Send),
-    ) -> Result<u64> {
-        let mut resp = self
-            .request(reqwest::Method::GET, url, reqid)
-            .send()
-            .await
-            .map_err(|e| transport_error(&svc.uuid, e, false))?;
-        let status = resp.status().as_u16();
-        if status != 200 {
-            let body = self.sanitize(&error_body(resp).await);
-            if status == 401 || status == 403 {
-                return Err(Error::PermissionDenied {
-                    target: svc.uuid.clone(),
-                    message: format!(
-                        "HTTP {status} on /index: {body} (the index needs the cluster's SystemRootToken)"
-                    ),
-                });
-            }
-            return Err(Error::Http {
-                service: svc.uuid.clone(),
-                status,
-                message: body,
-            });
-        }
-        let mut parser = IndexParser::new(prefix);
-        let mut bytes = 0u64;
-        let wrap = |e: IndexError| match e {
-            IndexError::MissingTerminator => Error::IncompleteIndex {
-                service: svc.uuid.clone(),
-            },
-            IndexError::DataAfterTerminator { line_number } => Error::MalformedIndex {
-                service: svc.uuid.clone(),
-                line_number,
-                line: String::new(),
-                problem: "data after the blank end-of-index line",
-            },
-            IndexError::Malformed {
-                line_number,
-                line,
-                problem,
-            } => Error::MalformedIndex {
-                service: svc.uuid.clone(),
-                line_number,
-                line,
-                problem,
-            },
-        };
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| transport_error(&svc.uuid, e, true))?
-        {
-            bytes += chunk.len() as u64;
-            parser
-                .feed(&chunk, &mut |e| {
-                    *delivered += 1;
-                    on_entry(e);
-                })
-                .map_err(wrap)?;
-        }
-        parser.finish().map_err(wrap)?;
-        Ok(bytes)
-    }
 }
 
 /// `read_loop` returns data for GET and a size for HEAD; this cannot happen.
@@ -927,7 +538,6 @@ fn mixed_up() -> Error {
 fn is_empty_block(locator: &Locator) -> bool {
     locator.hash() == BlockHash::EMPTY && locator.size().unwrap_or(0) == 0
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -942,17 +552,6 @@ mod tests {
                 .bytes()
                 .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
         );
-    }
-
-    #[test]
-    fn confirmed_header() {
-        let h = HeaderValue::from_static("default=2, special=1, bad, =3, x=0");
-        assert_eq!(
-            parse_confirmed(Some(&h)),
-            Some(vec![("default".into(), 2), ("special".into(), 1)])
-        );
-        assert_eq!(parse_confirmed(Some(&HeaderValue::from_static(""))), None);
-        assert_eq!(parse_confirmed(None), None);
     }
 
     #[test]
