@@ -146,17 +146,22 @@ pub fn load_settings(a: &ClusterArgs<'_>) -> Result<Loaded> {
     })
 }
 
-/// Connects: discovery (unless services are given), Keep services.
+/// Connects a side whose settings were loaded with [`load_settings`]: discovery
+/// (unless services are given), Keep services.
 ///
 /// # Errors
 /// One line naming the cluster and what failed.
-pub async fn connect(a: &ClusterArgs<'_>, options: ClientOptions) -> Result<Cluster> {
+pub async fn connect(
+    a: &ClusterArgs<'_>,
+    loaded: Loaded,
+    options: ClientOptions,
+) -> Result<Cluster> {
     let Loaded {
         mut settings,
         token,
         key,
         services,
-    } = load_settings(a)?;
+    } = loaded;
     settings.api_token = Some(token.clone());
     let (client, info) = match (services, &settings.api_host) {
         // Bare keepstores with no API server (the Go tool's use of

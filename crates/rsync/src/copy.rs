@@ -58,6 +58,8 @@ pub struct CopyOptions {
     pub replicas: usize,
     /// `--bwlimit`.
     pub limiter: Option<RateLimiter>,
+    /// Destination services found unreachable while indexing: not written to.
+    pub skip_dst: Vec<String>,
 }
 
 /// Why the engine stopped before the end.
@@ -97,6 +99,7 @@ async fn copy_one(
     let exclude: Vec<&str> = holders
         .iter()
         .map(|&i| services[usize::from(i)].uuid.as_str())
+        .chain(opts.skip_dst.iter().map(String::as_str))
         .collect();
     let first_choice: Vec<String> = dst
         .client
@@ -167,8 +170,8 @@ pub async fn run(
                         && !f.reason.contains("timeout")
                         && !f.reason.contains("connection")
                         && !f.reason.contains("checksum");
-                    if permanent && e.len() >= SYSTEMATIC_AFTER && e.iter().all(|x| *x == f.reason)
-                    {
+                    let threshold = SYSTEMATIC_AFTER;
+                    if permanent && e.len() >= threshold && e.iter().all(|x| *x == f.reason) {
                         *systematic.lock().expect("lock") = Some(format!(
                             "the first {} blocks all failed the same way ({}): {}",
                             e.len(),

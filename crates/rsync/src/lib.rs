@@ -125,8 +125,8 @@ async fn run_inner(cli: Cli) -> Result<u8> {
         ttl: cli.dst_blob_signature_ttl,
     };
     // Settings errors before any connection.
-    cluster::load_settings(&src_args)?;
-    cluster::load_settings(&dst_args)?;
+    let src_loaded = cluster::load_settings(&src_args)?;
+    let dst_loaded = cluster::load_settings(&dst_args)?;
 
     let options = ClientOptions {
         retry: RetryConfig {
@@ -137,8 +137,8 @@ async fn run_inner(cli: Cli) -> Result<u8> {
         ..ClientOptions::default()
     };
     let (src, dst) = tokio::try_join!(
-        cluster::connect(&src_args, options.clone()),
-        cluster::connect(&dst_args, options)
+        cluster::connect(&src_args, src_loaded, options.clone()),
+        cluster::connect(&dst_args, dst_loaded, options)
     )?;
     same_cluster_check(&src, &dst)?;
 
@@ -179,9 +179,9 @@ async fn run_inner(cli: Cli) -> Result<u8> {
 
     // Destination first: the source entries are filtered against it as they stream in.
     let builder = Mutex::new(PlanBuilder::new(replicas));
-    scan::scan(&dst, &cli.prefix, &builder, &progress).await?;
+    let dst_down = scan::scan(&dst, &cli.prefix, &builder, &progress).await?;
     builder.lock().expect("plan lock").finish_dst();
-    scan::scan(&src, &cli.prefix, &builder, &progress).await?;
+    let src_down = scan::scan(&src, &cli.prefix, &builder, &progress).await?;
     let plan = builder.into_inner().expect("plan lock").finish();
     let s = plan.stats();
     progress.note(&format!(
@@ -200,6 +200,11 @@ async fn run_inner(cli: Cli) -> Result<u8> {
         .into(),
         prefix: cli.prefix.clone(),
         plan: s.clone(),
+        unreachable_services: src_down
+            .iter()
+            .map(|u| format!("source {u}"))
+            .chain(dst_down.iter().map(|u| format!("destination {u}")))
+            .collect(),
         ..Report::default()
     };
     let copy_started = Instant::now();
@@ -221,6 +226,7 @@ async fn run_inner(cli: Cli) -> Result<u8> {
             concurrency: cli.concurrency,
             replicas,
             limiter: cli.bwlimit.map(limit::RateLimiter::new),
+            skip_dst: dst_down,
         };
         let shared = Mutex::new(report);
         let outcome = copy::run(&src, &dst, &plan, &opts, &progress, &stop, &shared).await;

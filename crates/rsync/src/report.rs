@@ -46,6 +46,9 @@ pub struct Report {
     pub verified_copies: u64,
     /// Blocks not attempted because the run was interrupted.
     pub not_attempted: Tally,
+    /// Keep services that could not be reached while indexing (their blocks were
+    /// not seen; run again once they are back).
+    pub unreachable_services: Vec<String>,
     /// Whether Ctrl-C or SIGTERM stopped the run early.
     pub interrupted: bool,
     /// Wall time of the whole run, seconds.
@@ -81,7 +84,7 @@ impl Report {
     pub fn exit_code(&self) -> u8 {
         if self.interrupted {
             exit::INTERRUPTED
-        } else if self.failed.blocks > 0 {
+        } else if self.failed.blocks > 0 || !self.unreachable_services.is_empty() {
             exit::SOME_FAILED
         } else {
             exit::OK
@@ -166,6 +169,12 @@ impl Report {
                 s,
                 "    ... and {} more (see --failed-list)",
                 self.failures.len() - 20
+            );
+        }
+        for u in &self.unreachable_services {
+            let _ = writeln!(
+                s,
+                "  unreachable: {u} (its blocks were not seen; run again when it is back)"
             );
         }
         if self.interrupted {

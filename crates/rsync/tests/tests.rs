@@ -1,0 +1,8 @@
+//! End-to-end tests of the keep-rsync binary against two local test clusters.
+//! One test binary (so it links once); each module is a group of scenarios.
+
+mod util;
+
+mod basics;
+mod failures;
+mod resume;
