@@ -21,6 +21,7 @@
 //! - [`faults`]: fault injection; `reqlog`: the request log.
 
 #![recursion_limit = "256"]
+#![warn(missing_docs)]
 // Handlers return an early `Response` as their `Err`; boxing it would gain nothing.
 #![allow(clippy::result_large_err)]
 

@@ -734,3 +734,45 @@ async fn legacy_signatures_and_seconds() {
         .unwrap();
     assert!(t < 1_000_000_000_000, "seconds: {t}");
 }
+
+/// Scale check, not run by default (minutes in a debug build):
+/// `cargo test -p keep-testcluster synthetic_ten_million -- --ignored`.
+#[tokio::test]
+#[ignore]
+async fn synthetic_ten_million() {
+    let n = 10_000_000u64;
+    let c = TestCluster::builder()
+        .keepstores(1)
+        .synthetic_blocks(n, 3)
+        .blob_signing(false)
+        .start()
+        .await
+        .unwrap();
+    let ks = &c.keepstores()[0];
+    let t = std::time::Instant::now();
+    let mut r = http()
+        .get(format!("{}/index", ks.url))
+        .bearer_auth(c.system_root_token())
+        .send()
+        .await
+        .unwrap();
+    let (mut lines, mut last) = (0u64, Vec::new());
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        last = chunk.to_vec();
+    }
+    assert_eq!(lines, n + 1);
+    assert!(last.ends_with(b"\n\n"));
+    eprintln!("10M index in {:?}", t.elapsed());
+    let loc = Locator::of(&keep_testcluster::synthetic_block(3, n - 1));
+    let r = http()
+        .get(format!("{}/{}", ks.url, loc.unsigned()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    eprintln!(
+        "first read (builds the lookup table) after {:?}",
+        t.elapsed()
+    );
+}
