@@ -286,6 +286,29 @@ async fn full_and_read_only_volumes() {
 }
 
 #[tokio::test]
+async fn storage_classes() {
+    let c = small(3).await;
+    let ks = &c.keepstores()[0];
+    let r = http()
+        .put(format!("{}/{FOO}", ks.url))
+        .header("X-Keep-Storage-Classes", "special")
+        .body("foo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sb(r).await, (507, "insufficient storage\n".into()));
+    let r = http()
+        .put(format!("{}/{FOO}", ks.url))
+        .header("X-Keep-Storage-Classes", "default, special")
+        .body("foo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-keep-storage-classes-confirmed"], "default=1");
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
 async fn index_admin_and_format() {
     let dir = tempfile::tempdir().unwrap();
     let c = TestCluster::builder()

@@ -94,6 +94,31 @@ async fn proxy_put_get_index() {
     assert_eq!(r.headers()["x-keep-replicas-stored"], "2");
     c.start_keepstore(order[2]).await.unwrap();
 
+    // A keepstore answering 503 to PUTs: the next one in probe order takes the copy.
+    let data2 = b"failover";
+    let h2 = BlockHash::of(data2);
+    let order2 = keep_client::rendezvous::probe_order(&h2, &uuids);
+    c.faults(&uuids[order2[0]])
+        .unwrap()
+        .fail_next(1, 503, Some("PUT"));
+    let r = http()
+        .put(format!("{purl}/{h2}"))
+        .bearer_auth(&tok)
+        .header("X-Keep-Desired-Replicas", "2")
+        .body(&data2[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-keep-replicas-stored"], "2");
+    assert!(c.blocks_on(order2[0]).await.iter().all(|(h, _)| *h != h2));
+    assert!(c.blocks_on(order2[2]).await.iter().any(|(h, _)| *h == h2));
+    let failed_put = c
+        .request_log()
+        .iter()
+        .any(|r| r.service == uuids[order2[0]] && r.status == 503);
+    assert!(failed_put);
+
     // Index: SystemRootToken, concatenated, duplicates kept.
     let body = http()
         .get(format!("{purl}/index"))
