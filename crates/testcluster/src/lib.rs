@@ -88,6 +88,7 @@ pub struct Builder {
     synthetic: Option<(u64, u64)>,
     read_only: Vec<(usize, usize)>,
     full: Vec<(usize, usize)>,
+    read_only_keepstores: Vec<usize>,
     fault_seed: Option<u64>,
     legacy_signatures: bool,
     index_mtime_seconds: bool,
@@ -114,6 +115,7 @@ impl Default for Builder {
             synthetic: None,
             read_only: Vec::new(),
             full: Vec::new(),
+            read_only_keepstores: Vec::new(),
             fault_seed: None,
             legacy_signatures: false,
             index_mtime_seconds: false,
@@ -212,6 +214,12 @@ impl Builder {
         self.full.push((keepstore, volume));
         self
     }
+    /// Lists keepstore `i` as `read_only: true` in `keep_services` (clients and the
+    /// proxy do not write to it; the keepstore itself still accepts PUTs, as in Arvados).
+    pub fn read_only_keepstore(mut self, i: usize) -> Self {
+        self.read_only_keepstores.push(i);
+        self
+    }
     /// Seed of the random faults. Default: random (recorded in `cluster.json` and logged).
     pub fn fault_seed(mut self, seed: u64) -> Self {
         self.fault_seed = Some(seed);
@@ -281,6 +289,7 @@ pub struct TestCluster {
     cert_path: PathBuf,
     request_log_path: Option<PathBuf>,
     fault_seed: u64,
+    read_only_keepstores: Vec<usize>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -436,7 +445,7 @@ impl TestCluster {
                 uuid,
                 port: svc.addr.port(),
                 service_type: "disk",
-                read_only: false,
+                read_only: b.read_only_keepstores.contains(&k),
             });
             keepstores.push((ks, svc));
             listeners.push(l);
@@ -452,14 +461,19 @@ impl TestCluster {
         let mut proxy = None;
         if b.proxy {
             let uuid = format!("{id}-bi6l4-proxy0000000000");
+            let faults = Arc::new(faults::Faults::new(seed_for(fault_seed, &uuid)));
             let p = Arc::new(proxy::Proxy {
                 cfg: Arc::clone(&cfg),
                 stores: keepstores
                     .iter()
-                    .map(|(ks, s)| (Arc::clone(s), ks.uuid.clone(), false))
+                    .enumerate()
+                    .map(|(i, (ks, s))| {
+                        let ro = b.read_only_keepstores.contains(&i);
+                        (Arc::clone(s), ks.uuid.clone(), ro)
+                    })
                     .collect(),
+                faults: Arc::clone(&faults),
             });
-            let faults = Arc::new(faults::Faults::new(seed_for(fault_seed, &uuid)));
             let (svc, l) = Service::bind(
                 uuid.clone(),
                 None,
@@ -539,6 +553,7 @@ impl TestCluster {
             cert_path,
             request_log_path: log_path,
             fault_seed,
+            read_only_keepstores: b.read_only_keepstores.clone(),
             _tmp: tmp,
         };
         if let Some((n, size)) = b.seed_blocks {
@@ -617,14 +632,15 @@ impl TestCluster {
         let items: Vec<_> = self
             .keepstores
             .iter()
-            .map(|(ks, svc)| {
+            .enumerate()
+            .map(|(i, (ks, svc))| {
                 controller::service_json(
                     &self.cfg.cluster_id,
                     &ServiceEntry {
                         uuid: ks.uuid.clone(),
                         port: svc.addr.port(),
                         service_type: "disk",
-                        read_only: false,
+                        read_only: self.read_only_keepstores.contains(&i),
                     },
                 )
             })
