@@ -91,7 +91,7 @@ pub struct Builder {
     read_only_keepstores: Vec<usize>,
     fault_seed: Option<u64>,
     legacy_signatures: bool,
-    index_mtime_seconds: bool,
+    index_mtime_seconds: Option<bool>,
     request_log_file: Option<bool>,
 }
 
@@ -118,7 +118,7 @@ impl Default for Builder {
             read_only_keepstores: Vec::new(),
             fault_seed: None,
             legacy_signatures: false,
-            index_mtime_seconds: false,
+            index_mtime_seconds: None,
             request_log_file: None,
         }
     }
@@ -230,9 +230,12 @@ impl Builder {
         self.legacy_signatures = on;
         self
     }
-    /// Index mtimes in seconds, as before 2016-07 (§5.6). Default off (nanoseconds).
+    /// Index mtimes in seconds, as before 2016-07 (§5.6, §14). Default: on in
+    /// `arvados_version(2)` mode (the §14 "old" column, as the lead asked), off
+    /// (nanoseconds) in 3.x. Real 2.x keepstores already sent nanoseconds: pass
+    /// `false` to get that.
     pub fn index_mtime_seconds(mut self, on: bool) -> Self {
-        self.index_mtime_seconds = on;
+        self.index_mtime_seconds = Some(on);
         self
     }
     /// Append the request log to `DIR/requests.jsonl`. Default: on when
@@ -387,7 +390,7 @@ impl TestCluster {
             blob_signing: b.blob_signing,
             arvados_version: b.arvados_version,
             legacy_signatures: b.legacy_signatures,
-            index_mtime_seconds: b.index_mtime_seconds,
+            index_mtime_seconds: b.index_mtime_seconds.unwrap_or(b.arvados_version < 3),
             replication: b.replication,
         });
         let log_path = b
