@@ -60,6 +60,15 @@ def main():
         pass
     print("ok bad/expired signatures refused")
 
+    # Through the keepproxy, when the cluster has one (the SDK treats it as a proxy:
+    # one writer, X-Keep-Desired-Replicas tells the proxy how many copies to make).
+    if info.get("proxy"):
+        pk = arvados.KeepClient(proxy=info["proxy"]["url"], api_token=info["user_token"], num_retries=0)
+        pdata = os.urandom(5000)
+        ploc = pk.put(pdata, copies=2)
+        assert pk.get(ploc) == pdata
+        print("ok keepproxy put/get copies=2")
+
     # arv-put --raw and arv-get round-trip a file larger than one block (64 MiB + 1 MiB).
     bindir = os.path.dirname(sys.executable)
     with tempfile.TemporaryDirectory() as t:

@@ -1,4 +1,4 @@
-//! Fault injection (style.md B5): one [`Faults`] per service, applied by the single
+//! Fault injection (style.md B5): one `Faults` per service, applied by the single
 //! middleware in `server.rs` and, for body-level faults (truncated index, corrupted
 //! reads), by the keepstore handlers. Random faults use a seeded RNG.
 

@@ -21,6 +21,7 @@
 //! - [`faults`]: fault injection; `reqlog`: the request log.
 
 #![recursion_limit = "256"]
+#![warn(missing_docs)]
 // Handlers return an early `Response` as their `Err`; boxing it would gain nothing.
 #![allow(clippy::result_large_err)]
 
@@ -87,9 +88,10 @@ pub struct Builder {
     synthetic: Option<(u64, u64)>,
     read_only: Vec<(usize, usize)>,
     full: Vec<(usize, usize)>,
+    read_only_keepstores: Vec<usize>,
     fault_seed: Option<u64>,
     legacy_signatures: bool,
-    index_mtime_seconds: bool,
+    index_mtime_seconds: Option<bool>,
     request_log_file: Option<bool>,
 }
 
@@ -113,9 +115,10 @@ impl Default for Builder {
             synthetic: None,
             read_only: Vec::new(),
             full: Vec::new(),
+            read_only_keepstores: Vec::new(),
             fault_seed: None,
             legacy_signatures: false,
-            index_mtime_seconds: false,
+            index_mtime_seconds: None,
             request_log_file: None,
         }
     }
@@ -211,6 +214,12 @@ impl Builder {
         self.full.push((keepstore, volume));
         self
     }
+    /// Lists keepstore `i` as `read_only: true` in `keep_services` (clients and the
+    /// proxy do not write to it; the keepstore itself still accepts PUTs, as in Arvados).
+    pub fn read_only_keepstore(mut self, i: usize) -> Self {
+        self.read_only_keepstores.push(i);
+        self
+    }
     /// Seed of the random faults. Default: random (recorded in `cluster.json` and logged).
     pub fn fault_seed(mut self, seed: u64) -> Self {
         self.fault_seed = Some(seed);
@@ -221,9 +230,12 @@ impl Builder {
         self.legacy_signatures = on;
         self
     }
-    /// Index mtimes in seconds, as before 2016-07 (§5.6). Default off (nanoseconds).
+    /// Index mtimes in seconds, as before 2016-07 (§5.6, §14). Default: on in
+    /// `arvados_version(2)` mode (the §14 "old" column, as the lead asked), off
+    /// (nanoseconds) in 3.x. Real 2.x keepstores already sent nanoseconds: pass
+    /// `false` to get that.
     pub fn index_mtime_seconds(mut self, on: bool) -> Self {
-        self.index_mtime_seconds = on;
+        self.index_mtime_seconds = Some(on);
         self
     }
     /// Append the request log to `DIR/requests.jsonl`. Default: on when
@@ -280,6 +292,7 @@ pub struct TestCluster {
     cert_path: PathBuf,
     request_log_path: Option<PathBuf>,
     fault_seed: u64,
+    read_only_keepstores: Vec<usize>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -377,7 +390,7 @@ impl TestCluster {
             blob_signing: b.blob_signing,
             arvados_version: b.arvados_version,
             legacy_signatures: b.legacy_signatures,
-            index_mtime_seconds: b.index_mtime_seconds,
+            index_mtime_seconds: b.index_mtime_seconds.unwrap_or(b.arvados_version < 3),
             replication: b.replication,
         });
         let log_path = b
@@ -435,7 +448,7 @@ impl TestCluster {
                 uuid,
                 port: svc.addr.port(),
                 service_type: "disk",
-                read_only: false,
+                read_only: b.read_only_keepstores.contains(&k),
             });
             keepstores.push((ks, svc));
             listeners.push(l);
@@ -451,14 +464,19 @@ impl TestCluster {
         let mut proxy = None;
         if b.proxy {
             let uuid = format!("{id}-bi6l4-proxy0000000000");
+            let faults = Arc::new(faults::Faults::new(seed_for(fault_seed, &uuid)));
             let p = Arc::new(proxy::Proxy {
                 cfg: Arc::clone(&cfg),
                 stores: keepstores
                     .iter()
-                    .map(|(ks, s)| (Arc::clone(s), ks.uuid.clone(), false))
+                    .enumerate()
+                    .map(|(i, (ks, s))| {
+                        let ro = b.read_only_keepstores.contains(&i);
+                        (Arc::clone(s), ks.uuid.clone(), ro)
+                    })
                     .collect(),
+                faults: Arc::clone(&faults),
             });
-            let faults = Arc::new(faults::Faults::new(seed_for(fault_seed, &uuid)));
             let (svc, l) = Service::bind(
                 uuid.clone(),
                 None,
@@ -538,6 +556,7 @@ impl TestCluster {
             cert_path,
             request_log_path: log_path,
             fault_seed,
+            read_only_keepstores: b.read_only_keepstores.clone(),
             _tmp: tmp,
         };
         if let Some((n, size)) = b.seed_blocks {
@@ -616,14 +635,15 @@ impl TestCluster {
         let items: Vec<_> = self
             .keepstores
             .iter()
-            .map(|(ks, svc)| {
+            .enumerate()
+            .map(|(i, (ks, svc))| {
                 controller::service_json(
                     &self.cfg.cluster_id,
                     &ServiceEntry {
                         uuid: ks.uuid.clone(),
                         port: svc.addr.port(),
                         service_type: "disk",
-                        read_only: false,
+                        read_only: self.read_only_keepstores.contains(&i),
                     },
                 )
             })

@@ -66,9 +66,12 @@ struct RunArgs {
     /// 2015 signature message (no TTL).
     #[arg(long)]
     legacy_signatures: bool,
-    /// Index mtimes in seconds (pre-2016 keepstore).
-    #[arg(long)]
+    /// Index mtimes in seconds (pre-2016 keepstore; the default with --arvados-version 2).
+    #[arg(long, conflicts_with = "index_mtime_ns")]
     index_mtime_seconds: bool,
+    /// Index mtimes in nanoseconds (the default with --arvados-version 3; what real 2.x sent).
+    #[arg(long)]
+    index_mtime_ns: bool,
 }
 
 #[derive(Args)]
@@ -152,8 +155,10 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         .blob_signing(!a.no_blob_signing)
         .ttl(std::time::Duration::from_secs(a.ttl))
         .legacy_signatures(a.legacy_signatures)
-        .index_mtime_seconds(a.index_mtime_seconds)
         .request_log_file(true);
+    if a.index_mtime_seconds || a.index_mtime_ns {
+        b = b.index_mtime_seconds(a.index_mtime_seconds);
+    }
     if a.seed_blocks > 0 {
         b = b.seed_blocks(a.seed_blocks, a.seed_block_size);
     }

@@ -18,6 +18,8 @@ pub(crate) struct Proxy {
     pub(crate) cfg: Arc<Config>,
     /// The keepstores, their UUIDs, and whether each is read-only.
     pub(crate) stores: Vec<(Arc<Service>, String, bool)>,
+    /// The proxy's own faults (truncated index, corrupted reads).
+    pub(crate) faults: Arc<crate::faults::Faults>,
 }
 
 pub(crate) fn handler(p: Arc<Proxy>) -> Handler {
@@ -395,7 +397,9 @@ impl Proxy {
             };
             out.extend_from_slice(part);
         }
-        out.push(b'\n');
+        if !self.faults.snapshot().truncate_index {
+            out.push(b'\n');
+        }
         Response::new(full(out))
     }
 }

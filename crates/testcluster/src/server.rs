@@ -49,11 +49,17 @@ pub(crate) fn empty() -> Body {
     Empty::new().map_err(|e| match e {}).boxed_unsync()
 }
 
-/// A plain-text response, `Content-Type` left unset as keepstore's `http.Error`-free
-/// handleError does (§5.10).
+/// A plain-text response. Keepstore sets no Content-Type on error bodies (§5.10), so
+/// Go's server sniffs one: `text/plain; charset=utf-8` for these ASCII messages.
 pub(crate) fn text(status: StatusCode, body: &str) -> Response<Body> {
     let mut r = Response::new(full(body.to_owned()));
     *r.status_mut() = status;
+    if !body.is_empty() {
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
     r
 }
 

@@ -326,25 +326,37 @@ fn splitmix(mut x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Block `i` of a synthetic volume: `i` as 8 little-endian bytes, then filler from
-/// (seed, i); 48..=175 bytes long so 10 million hashes take seconds, not minutes.
+/// Block `i` of a synthetic volume: `i` as 8 little-endian bytes, 8 bytes mixed from
+/// (seed, i), then filler derived from the seed; 48..=175 bytes long (the length is
+/// derived from (seed, i)) so 10 million hashes take seconds, not minutes.
 pub fn synthetic_block(seed: u64, i: u64) -> Vec<u8> {
     let mut v = Vec::with_capacity(176);
     synthetic_block_into(seed, i, &mut v);
     v
 }
 
-/// [`synthetic_block`] into a reused buffer.
+/// [`synthetic_block`] into a reused buffer. Only the first 16 bytes depend on `i`;
+/// the rest is a seed-derived pattern, so a block costs one mix and a copy (this
+/// crate runs at opt-level 0 in test builds, where per-byte work shows).
 fn synthetic_block_into(seed: u64, i: u64, v: &mut Vec<u8>) {
+    let pattern = pattern(seed);
+    let mix = splitmix(seed ^ splitmix(i));
+    let len = 48 + (mix % 128) as usize;
     v.clear();
-    let mut state = splitmix(seed ^ splitmix(i));
-    let len = 48 + (state % 128) as usize;
-    v.extend_from_slice(&i.to_le_bytes());
-    while v.len() < len {
+    v.extend_from_slice(&pattern[..len]);
+    v[..8].copy_from_slice(&i.to_le_bytes());
+    v[8..16].copy_from_slice(&mix.to_le_bytes());
+}
+
+/// 176 filler bytes derived from the seed.
+fn pattern(seed: u64) -> [u8; 176] {
+    let mut p = [0u8; 176];
+    let mut state = seed;
+    for c in p.chunks_mut(8) {
         state = splitmix(state);
-        v.extend_from_slice(&state.to_le_bytes());
+        c.copy_from_slice(&state.to_le_bytes());
     }
-    v.truncate(len);
+    p
 }
 
 /// A read-only volume of `n` derived blocks. Nothing is stored per block until the

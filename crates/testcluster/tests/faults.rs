@@ -213,3 +213,64 @@ async fn request_log_records() {
     assert_eq!(token_digest_of(tok).len(), 12);
     let _ = Locator::of(b"foo");
 }
+
+#[tokio::test]
+async fn two_clusters_are_independent_and_controller_faults() {
+    let a = TestCluster::builder()
+        .cluster_id("aaaaa")
+        .keepstores(1)
+        .start()
+        .await
+        .unwrap();
+    let b = TestCluster::builder()
+        .cluster_id("bbbbb")
+        .keepstores(1)
+        .start()
+        .await
+        .unwrap();
+    assert_ne!(a.signing_key(), b.signing_key());
+    let r = http()
+        .put(format!("{}/{FOO}", a.keepstores()[0].url))
+        .bearer_auth(a.user_token())
+        .body("foo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(a.request_log().len(), 1);
+    assert!(b.request_log().is_empty());
+    // A locator signed by cluster a is refused by cluster b.
+    c_put(&b).await;
+    let signed = a.sign_locator(&Locator::of(b"foo"), "t");
+    let r = http()
+        .get(format!("{}/{}", b.keepstores()[0].url, signed.to_wire()))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sb(r).await, (400, "invalid signature\n".into()));
+
+    a.faults("controller").unwrap().fail_next(1, 502, None);
+    let cl = crate::util::https(&a);
+    let url = format!(
+        "https://{}/arvados/v1/keep_services/accessible",
+        a.api_host()
+    );
+    assert_eq!(cl.get(&url).send().await.unwrap().status(), 502);
+    assert_eq!(cl.get(&url).send().await.unwrap().status(), 200);
+    assert!(
+        a.request_log()
+            .iter()
+            .any(|r| r.service == "controller" && r.status == 502)
+    );
+}
+
+async fn c_put(c: &TestCluster) {
+    let r = http()
+        .put(format!("{}/{FOO}", c.keepstores()[0].url))
+        .body("foo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

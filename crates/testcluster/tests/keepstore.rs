@@ -286,6 +286,29 @@ async fn full_and_read_only_volumes() {
 }
 
 #[tokio::test]
+async fn storage_classes() {
+    let c = small(3).await;
+    let ks = &c.keepstores()[0];
+    let r = http()
+        .put(format!("{}/{FOO}", ks.url))
+        .header("X-Keep-Storage-Classes", "special")
+        .body("foo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sb(r).await, (507, "insufficient storage\n".into()));
+    let r = http()
+        .put(format!("{}/{FOO}", ks.url))
+        .header("X-Keep-Storage-Classes", "default, special")
+        .body("foo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-keep-storage-classes-confirmed"], "default=1");
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
 async fn index_admin_and_format() {
     let dir = tempfile::tempdir().unwrap();
     let c = TestCluster::builder()
@@ -733,4 +756,49 @@ async fn legacy_signatures_and_seconds() {
         .parse()
         .unwrap();
     assert!(t < 1_000_000_000_000, "seconds: {t}");
+}
+
+/// Scale check, not run by default (minutes in a debug build):
+/// `cargo test -p keep-testcluster synthetic_ten_million -- --ignored`.
+#[tokio::test]
+#[ignore]
+async fn synthetic_ten_million() {
+    let n = 10_000_000u64;
+    let c = TestCluster::builder()
+        .keepstores(1)
+        .synthetic_blocks(n, 3)
+        .blob_signing(false)
+        .start()
+        .await
+        .unwrap();
+    let ks = &c.keepstores()[0];
+    let t = std::time::Instant::now();
+    let mut r = http()
+        .get(format!("{}/index", ks.url))
+        .bearer_auth(c.system_root_token())
+        .send()
+        .await
+        .unwrap();
+    let (mut lines, mut last) = (0u64, Vec::new());
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        // The end marker may arrive in a frame of its own: keep the last two bytes.
+        last.extend_from_slice(&chunk);
+        let cut = last.len().saturating_sub(2);
+        last.drain(..cut);
+    }
+    assert_eq!(lines, n + 1);
+    assert!(last.ends_with(b"\n\n"));
+    eprintln!("10M index in {:?}", t.elapsed());
+    let loc = Locator::of(&keep_testcluster::synthetic_block(3, n - 1));
+    let r = http()
+        .get(format!("{}/{}", ks.url, loc.unsigned()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    eprintln!(
+        "first read (builds the lookup table) after {:?}",
+        t.elapsed()
+    );
 }

@@ -94,6 +94,31 @@ async fn proxy_put_get_index() {
     assert_eq!(r.headers()["x-keep-replicas-stored"], "2");
     c.start_keepstore(order[2]).await.unwrap();
 
+    // A keepstore answering 503 to PUTs: the next one in probe order takes the copy.
+    let data2 = b"failover";
+    let h2 = BlockHash::of(data2);
+    let order2 = keep_client::rendezvous::probe_order(&h2, &uuids);
+    c.faults(&uuids[order2[0]])
+        .unwrap()
+        .fail_next(1, 503, Some("PUT"));
+    let r = http()
+        .put(format!("{purl}/{h2}"))
+        .bearer_auth(&tok)
+        .header("X-Keep-Desired-Replicas", "2")
+        .body(&data2[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-keep-replicas-stored"], "2");
+    assert!(c.blocks_on(order2[0]).await.iter().all(|(h, _)| *h != h2));
+    assert!(c.blocks_on(order2[2]).await.iter().any(|(h, _)| *h == h2));
+    let failed_put = c
+        .request_log()
+        .iter()
+        .any(|r| r.service == uuids[order2[0]] && r.status == 503);
+    assert!(failed_put);
+
     // Index: SystemRootToken, concatenated, duplicates kept.
     let body = http()
         .get(format!("{purl}/index"))
@@ -113,4 +138,48 @@ async fn proxy_put_get_index() {
     );
     let r = http().get(format!("{purl}/xyz/abc")).send().await.unwrap();
     assert_eq!(sb(r).await, (400, "Bad request\n".into()));
+    let r = http()
+        .delete(format!("{purl}/{hash}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sb(r).await, (405, String::new()));
+    // The proxy's own faults.
+    c.faults("proxy").unwrap().set_truncate_index(true);
+    let body = http()
+        .get(format!("{purl}/index"))
+        .bearer_auth(c.system_root_token())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!body.ends_with("\n\n") && body.ends_with('\n'));
+}
+
+#[tokio::test]
+async fn read_only_keepstore_is_listed_and_skipped() {
+    let c = TestCluster::builder()
+        .keepstores(2)
+        .proxy(true)
+        .read_only_keepstore(0)
+        .start()
+        .await
+        .unwrap();
+    let sj: serde_json::Value = serde_json::from_str(&c.services_json()).unwrap();
+    assert_eq!(sj["items"][0]["read_only"], true);
+    assert_eq!(sj["items"][1]["read_only"], false);
+    let (_, purl) = c.proxy().unwrap();
+    let r = http()
+        .put(format!("{purl}/{}", BlockHash::of(b"ro")))
+        .bearer_auth(c.user_token())
+        .header("X-Keep-Desired-Replicas", "1")
+        .body("ro")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(c.blocks_on(0).await.is_empty());
+    assert_eq!(c.blocks_on(1).await.len(), 1);
 }
