@@ -87,6 +87,10 @@ async fn copy_one(
         })
     };
     let holders = plan.dst_holders(&todo);
+    // A proxy destination is asked for every replica (X-Keep-Desired-Replicas);
+    // keepstores are topped up to the replication level.
+    let proxy = dst.client.has_proxy();
+    let holders = if proxy { Vec::new() } else { holders };
     let need = opts.replicas.saturating_sub(holders.len()).max(1);
     if let Some(l) = &opts.limiter {
         l.acquire(todo.size()).await;
@@ -115,8 +119,7 @@ async fn copy_one(
         .await
     {
         Ok(r) => {
-            let past =
-                !dst.client.has_proxy() && r.stored_on.iter().any(|u| !first_choice.contains(u));
+            let past = !proxy && r.stored_on.iter().any(|u| !first_choice.contains(u));
             Outcome::Copied {
                 replicas: r.replicas,
                 past_first_choice: past,

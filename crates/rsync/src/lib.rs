@@ -178,7 +178,10 @@ async fn run_inner(cli: Cli) -> Result<u8> {
     }
 
     // Destination first: the source entries are filtered against it as they stream in.
-    let builder = Mutex::new(PlanBuilder::new(replicas));
+    // Through a keepproxy the destination index cannot tell services apart (§6.5), so
+    // a block it lists at all counts as present; keepproxy makes the copies.
+    let present_at = if dst.client.has_proxy() { 1 } else { replicas };
+    let builder = Mutex::new(PlanBuilder::new(present_at));
     let dst_down = scan::scan(&dst, &cli.prefix, &builder, &progress).await?;
     builder.lock().expect("plan lock").finish_dst();
     let src_down = scan::scan(&src, &cli.prefix, &builder, &progress).await?;

@@ -227,3 +227,101 @@ async fn secrets_never_printed_and_tokens_isolated() {
         );
     }
 }
+
+fn proxy_services_json(c: &keep_testcluster::TestCluster) -> String {
+    let (uuid, url) = c.proxy().expect("proxy running");
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    format!(
+        r#"{{"items":[{{"uuid":"{uuid}","service_host":"127.0.0.1","service_port":{port},"service_ssl_flag":false,"service_type":"proxy","read_only":false}}]}}"#
+    )
+}
+
+/// A source that only exposes a keepproxy is indexed and read through it, and a
+/// destination keepproxy makes the replicas (§6.5, §6.6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_keepproxies_on_both_sides() {
+    let p = Pair::with(builder("srcaa").proxy(true), builder("dstbb").proxy(true)).await;
+    for i in 0..15 {
+        p.src.put_block(&block("proxy", i, 3000), 2).await.unwrap();
+    }
+    let (src_json, dst_json) = (proxy_services_json(&p.src), proxy_services_json(&p.dst));
+    let r = p
+        .rsync(&[
+            "-src-keep-services-json",
+            &src_json,
+            "-dst-keep-services-json",
+            &dst_json,
+        ])
+        .await;
+    r.assert_code(0);
+    let held = p.dst_holdings().await;
+    assert_eq!(held.len(), 15);
+    assert!(
+        held.values().all(|v| v.len() >= 2),
+        "the proxy wrote 2 replicas: {held:?}"
+    );
+    p.dst.clear_request_log();
+    let r = p
+        .rsync(&[
+            "-src-keep-services-json",
+            &src_json,
+            "-dst-keep-services-json",
+            &dst_json,
+        ])
+        .await;
+    r.assert_code(0);
+    assert!(
+        block_puts(&p.dst).is_empty(),
+        "second run through the proxy wrote"
+    );
+}
+
+/// `--json`: NDJSON progress events, then one final report line; nothing else on stdout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_output_is_ndjson_with_a_final_report() {
+    let p = Pair::new().await;
+    for i in 0..5 {
+        p.src.put_block(&block("json", i, 100), 1).await.unwrap();
+    }
+    let r = p.rsync(&["--json"]).await;
+    r.assert_code(0);
+    let lines: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    assert!(lines.iter().any(|v| v["event"] == "index"));
+    let last = lines.last().unwrap();
+    assert_eq!(last["event"], "report");
+    assert_eq!(last["copied"]["blocks"], 5);
+    assert_eq!(last["plan"]["src"]["blocks"], 5);
+    assert_eq!(last["exit_code"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_and_bwlimit() {
+    let r = crate::util::run(&["-version".to_string()]).await;
+    r.assert_code(0);
+    assert_eq!(
+        r.stdout.trim(),
+        format!("keep-rsync {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    let p = Pair::new().await;
+    for i in 0..8 {
+        p.src
+            .put_block(&block("bw", i, 256 * 1024), 1)
+            .await
+            .unwrap();
+    }
+    // 2 MiB at 1 MiB/s: at least about 1.5 s (the first second has no credit).
+    let t = std::time::Instant::now();
+    p.rsync(&["--bwlimit", "1M", "-replications", "1"])
+        .await
+        .assert_code(0);
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+}
