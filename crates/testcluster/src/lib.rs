@@ -502,23 +502,21 @@ impl TestCluster {
         let tls = tls_acceptor(&cert_path)?;
         let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let api_host = format!("127.0.0.1:{}", api_listener.local_addr()?.port());
-        drop(api_listener);
         let ctrl = Arc::new(Controller {
             cfg: Arc::clone(&cfg),
             api_host: api_host.clone(),
             services: entries,
         });
         let faults = Arc::new(faults::Faults::new(seed_for(fault_seed, "controller")));
-        // Bind again on the port we reserved (the handler needed its own address).
-        let (controller, cl) = bind_at(
-            &api_host,
-            "controller",
-            tls,
+        let (controller, cl) = Service::from_listener(
+            api_listener,
+            "controller".into(),
+            Some(tls),
             controller::handler(ctrl),
             faults,
-            &log,
-        )
-        .await?;
+            Arc::clone(&log),
+            true,
+        )?;
         registry.push((vec!["controller".to_owned()], Arc::clone(&controller)));
         let registry = Arc::new(Registry { services: registry });
 
@@ -908,24 +906,4 @@ impl Drop for TestCluster {
         }
         self.admin.abort();
     }
-}
-
-async fn bind_at(
-    host: &str,
-    name: &str,
-    tls: tokio_rustls::TlsAcceptor,
-    handler: server::Handler,
-    faults: Arc<faults::Faults>,
-    log: &Arc<reqlog::RequestLog>,
-) -> anyhow::Result<(Arc<Service>, tokio::net::TcpListener)> {
-    server::Service::bind_addr(
-        host.parse()?,
-        name.to_owned(),
-        Some(tls),
-        handler,
-        faults,
-        Arc::clone(log),
-        true,
-    )
-    .await
 }
