@@ -98,6 +98,13 @@ async fn burst_rate_method_latency() {
     assert_ne!(&b[..], b"foo");
     f.clear();
 
+    // Truncated body: the client sees an error, not a short 200 body.
+    f.set_truncate_body(true);
+    let r = http().get(format!("{url}/{FOO}+3")).send().await.unwrap();
+    assert_eq!(r.headers()["content-length"], "3");
+    assert!(r.bytes().await.is_err());
+    f.clear();
+
     // Truncated index: no blank line at the end.
     f.set_truncate_index(true);
     let body = http()
