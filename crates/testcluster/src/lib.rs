@@ -168,6 +168,10 @@ impl TestCluster {
             "cluster id must be 5 lowercase alphanumerics"
         );
         anyhow::ensure!(b.keepstores >= 1, "need at least one keepstore");
+        anyhow::ensure!(
+            matches!(b.arvados_version, 2 | 3),
+            "arvados_version must be 2 or 3"
+        );
         let (dir, tmp) = match &b.dir {
             Some(d) => {
                 std::fs::create_dir_all(d)?;
