@@ -33,6 +33,9 @@ pub struct FaultSpec {
     pub truncate_index: Option<bool>,
     /// Flip a byte in every block body sent (the client's checksum must catch it).
     pub corrupt: Option<bool>,
+    /// Send only the first half of every block body (Content-Length stays the full
+    /// size), then close the connection.
+    pub truncate_body: Option<bool>,
     /// Answer 503 (empty body) beyond this many concurrent requests (0 removes it).
     pub max_concurrent: Option<usize>,
     /// Stop the service (listener and connections closed).
@@ -62,6 +65,7 @@ pub(crate) struct Plan {
     pub(crate) max_concurrent: Option<usize>,
     pub(crate) truncate_index: bool,
     pub(crate) corrupt: bool,
+    pub(crate) truncate_body: bool,
 }
 
 struct State {
@@ -148,6 +152,9 @@ impl Faults {
         }
         if let Some(t) = spec.truncate_index {
             st.plan.truncate_index = t;
+        }
+        if let Some(t) = spec.truncate_body {
+            st.plan.truncate_body = t;
         }
         if let Some(c) = spec.corrupt {
             st.plan.corrupt = c;
@@ -245,6 +252,14 @@ impl FaultHandle {
     pub fn set_corrupt_reads(&self, on: bool) {
         let _ = self.apply(&FaultSpec {
             corrupt: Some(on),
+            ..Default::default()
+        });
+    }
+
+    /// Sends only half of each block body under a full `Content-Length`.
+    pub fn set_truncate_body(&self, on: bool) {
+        let _ = self.apply(&FaultSpec {
+            truncate_body: Some(on),
             ..Default::default()
         });
     }

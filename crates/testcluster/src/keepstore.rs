@@ -246,9 +246,12 @@ impl Keepstore {
 
     fn block_response(&self, data: Bytes, head: bool) -> Response<Body> {
         let len = data.len();
+        let plan = self.faults.snapshot();
         let body = if head {
             empty()
-        } else if self.faults.snapshot().corrupt {
+        } else if plan.truncate_body {
+            truncated_body(data.slice(..len / 2))
+        } else if plan.corrupt {
             let mut v = data.to_vec();
             if let Some(b) = v.last_mut() {
                 *b ^= 0x01;
@@ -653,6 +656,18 @@ fn fmt_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
         }
     }
     &buf[i..]
+}
+
+/// Sends `half`, lets hyper flush it with the headers, then fails the body so the
+/// connection is closed short of `Content-Length`.
+fn truncated_body(half: Bytes) -> Body {
+    use futures::StreamExt;
+    let first = futures::stream::iter([Ok::<_, BoxError>(Frame::data(half))]);
+    let fail = futures::stream::once(async {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        Err::<Frame<Bytes>, BoxError>("injected fault: body truncated".into())
+    });
+    http_body_util::StreamBody::new(first.chain(fail)).boxed_unsync()
 }
 
 pub(crate) fn cors(h: &mut http::HeaderMap, methods: &'static str) {

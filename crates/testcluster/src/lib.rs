@@ -15,7 +15,7 @@
 //! ```
 //!
 //! # Layout
-//! - [`TestCluster`] / [`Builder`]: this file.
+//! - [`TestCluster`]: this file; [`Builder`]: `builder.rs`.
 //! - `server`: hyper accept loop, stop/start, fault + log middleware.
 //! - `keepstore`, `volume`, `proxy`, `controller`: the services.
 //! - [`faults`]: fault injection; `reqlog`: the request log.
@@ -27,6 +27,7 @@
 
 mod admin;
 mod auth;
+mod builder;
 mod config;
 mod controller;
 pub mod faults;
@@ -46,6 +47,7 @@ use keep_client::signing::{Token, sign};
 use keep_client::{BlockHash, Locator, SigningKey};
 use serde_json::json;
 
+pub use builder::Builder;
 pub use faults::{FaultHandle, FaultSpec};
 pub use reqlog::{RequestRecord, token_digest_of};
 pub use volume::synthetic_block;
@@ -66,192 +68,6 @@ fn random_alnum(n: usize) -> String {
     (0..n)
         .map(|_| A[rng.random_range(0..A.len())] as char)
         .collect()
-}
-
-/// Builds a [`TestCluster`]. Every setter documents its default.
-#[derive(Debug, Clone)]
-pub struct Builder {
-    cluster_id: String,
-    keepstores: usize,
-    volumes_per_keepstore: usize,
-    replication: u64,
-    proxy: bool,
-    dir: Option<PathBuf>,
-    memory: bool,
-    arvados_version: u8,
-    blob_signing: bool,
-    signing_key: Option<String>,
-    system_root_token: Option<String>,
-    user_tokens: Vec<String>,
-    ttl: Duration,
-    seed_blocks: Option<(usize, usize)>,
-    synthetic: Option<(u64, u64)>,
-    read_only: Vec<(usize, usize)>,
-    full: Vec<(usize, usize)>,
-    read_only_keepstores: Vec<usize>,
-    fault_seed: Option<u64>,
-    legacy_signatures: bool,
-    index_mtime_seconds: Option<bool>,
-    request_log_file: Option<bool>,
-}
-
-impl Default for Builder {
-    fn default() -> Self {
-        Builder {
-            cluster_id: "zzzzz".into(),
-            keepstores: 3,
-            volumes_per_keepstore: 1,
-            replication: 2,
-            proxy: false,
-            dir: None,
-            memory: false,
-            arvados_version: 3,
-            blob_signing: true,
-            signing_key: None,
-            system_root_token: None,
-            user_tokens: Vec::new(),
-            ttl: DEFAULT_TTL,
-            seed_blocks: None,
-            synthetic: None,
-            read_only: Vec::new(),
-            full: Vec::new(),
-            read_only_keepstores: Vec::new(),
-            fault_seed: None,
-            legacy_signatures: false,
-            index_mtime_seconds: None,
-            request_log_file: None,
-        }
-    }
-}
-
-impl Builder {
-    /// Five-character cluster ID (`uuidPrefix`). Default `zzzzz`.
-    pub fn cluster_id(mut self, id: impl Into<String>) -> Self {
-        self.cluster_id = id.into();
-        self
-    }
-    /// Number of keepstores. Default 3.
-    pub fn keepstores(mut self, n: usize) -> Self {
-        self.keepstores = n;
-        self
-    }
-    /// Volumes per keepstore. Default 1.
-    pub fn volumes_per_keepstore(mut self, n: usize) -> Self {
-        self.volumes_per_keepstore = n.max(1);
-        self
-    }
-    /// `defaultCollectionReplication` / `Collections.DefaultReplication`. Default 2.
-    pub fn replication(mut self, n: u64) -> Self {
-        self.replication = n;
-        self
-    }
-    /// Also run a keepproxy (§6). Default off.
-    pub fn proxy(mut self, on: bool) -> Self {
-        self.proxy = on;
-        self
-    }
-    /// Directory for the certificate, the request log and (unless [`Builder::memory`])
-    /// the volumes `DIR/keepK/volV`. Default: a temporary directory and memory volumes.
-    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.dir = Some(dir.into());
-        self
-    }
-    /// Keep volumes in memory even when a directory is given. Default off.
-    pub fn memory(mut self, on: bool) -> Self {
-        self.memory = on;
-        self
-    }
-    /// 3 (default) for current keepstore answers, 2 for the 2.x ones (§14).
-    pub fn arvados_version(mut self, v: u8) -> Self {
-        self.arvados_version = v;
-        self
-    }
-    /// Enforce permission signatures on GET/HEAD (`Collections.BlobSigning`). Default on.
-    pub fn blob_signing(mut self, on: bool) -> Self {
-        self.blob_signing = on;
-        self
-    }
-    /// The blob signing key. Default: 64 random alphanumerics.
-    pub fn signing_key(mut self, key: impl Into<String>) -> Self {
-        self.signing_key = Some(key.into());
-        self
-    }
-    /// The SystemRootToken. Default: 50 random alphanumerics.
-    pub fn system_root_token(mut self, token: impl Into<String>) -> Self {
-        self.system_root_token = Some(token.into());
-        self
-    }
-    /// Adds a token the controller accepts as an ordinary (non-admin) user. Default: one
-    /// random v2 token.
-    pub fn user_token(mut self, token: impl Into<String>) -> Self {
-        self.user_tokens.push(token.into());
-        self
-    }
-    /// `BlobSigningTTL`. Default 336h.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
-    /// Writes `n` blocks of `size` bytes at start, each on the first
-    /// `replication` keepstores in probe order. Default none.
-    pub fn seed_blocks(mut self, n: usize, size: usize) -> Self {
-        self.seed_blocks = Some((n, size));
-        self
-    }
-    /// Adds a read-only synthetic volume of `n` blocks derived from `seed` to keepstore 0
-    /// (see [`synthetic_block`]). Default none.
-    pub fn synthetic_blocks(mut self, n: u64, seed: u64) -> Self {
-        self.synthetic = Some((n, seed));
-        self
-    }
-    /// Makes volume `volume` of keepstore `keepstore` read-only.
-    pub fn read_only_volume(mut self, keepstore: usize, volume: usize) -> Self {
-        self.read_only.push((keepstore, volume));
-        self
-    }
-    /// Makes volume `volume` of keepstore `keepstore` report full (writes fail; 507).
-    pub fn full_volume(mut self, keepstore: usize, volume: usize) -> Self {
-        self.full.push((keepstore, volume));
-        self
-    }
-    /// Lists keepstore `i` as `read_only: true` in `keep_services` (clients and the
-    /// proxy do not write to it; the keepstore itself still accepts PUTs, as in Arvados).
-    pub fn read_only_keepstore(mut self, i: usize) -> Self {
-        self.read_only_keepstores.push(i);
-        self
-    }
-    /// Seed of the random faults. Default: random (recorded in `cluster.json` and logged).
-    pub fn fault_seed(mut self, seed: u64) -> Self {
-        self.fault_seed = Some(seed);
-        self
-    }
-    /// Sign and verify with the 2015 message `hash@token@expiry` (§3.1). Default off.
-    pub fn legacy_signatures(mut self, on: bool) -> Self {
-        self.legacy_signatures = on;
-        self
-    }
-    /// Index mtimes in seconds, as before 2016-07 (§5.6, §14). Default: on in
-    /// `arvados_version(2)` mode (the §14 "old" column, as the lead asked), off
-    /// (nanoseconds) in 3.x. Real 2.x keepstores already sent nanoseconds: pass
-    /// `false` to get that.
-    pub fn index_mtime_seconds(mut self, on: bool) -> Self {
-        self.index_mtime_seconds = Some(on);
-        self
-    }
-    /// Append the request log to `DIR/requests.jsonl`. Default: on when
-    /// [`Builder::dir`] is set.
-    pub fn request_log_file(mut self, on: bool) -> Self {
-        self.request_log_file = Some(on);
-        self
-    }
-
-    /// Starts every service and returns once all of them serve.
-    ///
-    /// # Errors
-    /// Invalid settings, or a listener, TLS or volume directory that cannot be set up.
-    pub async fn start(self) -> anyhow::Result<TestCluster> {
-        TestCluster::start(self).await
-    }
 }
 
 /// A keepstore's address, from [`TestCluster::keepstores`].
@@ -352,6 +168,10 @@ impl TestCluster {
             "cluster id must be 5 lowercase alphanumerics"
         );
         anyhow::ensure!(b.keepstores >= 1, "need at least one keepstore");
+        anyhow::ensure!(
+            matches!(b.arvados_version, 2 | 3),
+            "arvados_version must be 2 or 3"
+        );
         let (dir, tmp) = match &b.dir {
             Some(d) => {
                 std::fs::create_dir_all(d)?;
@@ -502,23 +322,21 @@ impl TestCluster {
         let tls = tls_acceptor(&cert_path)?;
         let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let api_host = format!("127.0.0.1:{}", api_listener.local_addr()?.port());
-        drop(api_listener);
         let ctrl = Arc::new(Controller {
             cfg: Arc::clone(&cfg),
             api_host: api_host.clone(),
             services: entries,
         });
         let faults = Arc::new(faults::Faults::new(seed_for(fault_seed, "controller")));
-        // Bind again on the port we reserved (the handler needed its own address).
-        let (controller, cl) = bind_at(
-            &api_host,
-            "controller",
-            tls,
+        let (controller, cl) = Service::from_listener(
+            api_listener,
+            "controller".into(),
+            Some(tls),
             controller::handler(ctrl),
             faults,
-            &log,
-        )
-        .await?;
+            Arc::clone(&log),
+            true,
+        )?;
         registry.push((vec!["controller".to_owned()], Arc::clone(&controller)));
         let registry = Arc::new(Registry { services: registry });
 
@@ -908,24 +726,4 @@ impl Drop for TestCluster {
         }
         self.admin.abort();
     }
-}
-
-async fn bind_at(
-    host: &str,
-    name: &str,
-    tls: tokio_rustls::TlsAcceptor,
-    handler: server::Handler,
-    faults: Arc<faults::Faults>,
-    log: &Arc<reqlog::RequestLog>,
-) -> anyhow::Result<(Arc<Service>, tokio::net::TcpListener)> {
-    server::Service::bind_addr(
-        host.parse()?,
-        name.to_owned(),
-        Some(tls),
-        handler,
-        faults,
-        Arc::clone(log),
-        true,
-    )
-    .await
 }

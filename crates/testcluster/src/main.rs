@@ -102,6 +102,9 @@ struct FaultArgs {
     truncate_index: bool,
     #[arg(long)]
     corrupt: bool,
+    /// Send half of each block body under the full Content-Length.
+    #[arg(long)]
+    truncate_body: bool,
     /// 0 removes the cap.
     #[arg(long)]
     max_concurrent: Option<usize>,
@@ -227,6 +230,7 @@ async fn fault(a: FaultArgs) -> anyhow::Result<()> {
         method: a.method,
         truncate_index: a.truncate_index.then_some(true),
         corrupt: a.corrupt.then_some(true),
+        truncate_body: a.truncate_body.then_some(true),
         max_concurrent: a.max_concurrent,
         stop: a.stop,
         start: a.start,

@@ -110,6 +110,20 @@ impl Service {
         logged: bool,
     ) -> anyhow::Result<(Arc<Service>, TcpListener)> {
         let listener = TcpListener::bind(addr).await?;
+        Self::from_listener(listener, name, tls, handler, faults, log, logged)
+    }
+
+    /// Wraps an already-bound listener (the controller must know its own address
+    /// before its handler exists).
+    pub(crate) fn from_listener(
+        listener: TcpListener,
+        name: String,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        handler: Handler,
+        faults: Arc<Faults>,
+        log: Arc<RequestLog>,
+        logged: bool,
+    ) -> anyhow::Result<(Arc<Service>, TcpListener)> {
         let addr = listener.local_addr()?;
         Ok((
             Arc::new(Service {

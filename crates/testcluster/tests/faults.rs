@@ -98,6 +98,13 @@ async fn burst_rate_method_latency() {
     assert_ne!(&b[..], b"foo");
     f.clear();
 
+    // Truncated body: the client sees an error, not a short 200 body.
+    f.set_truncate_body(true);
+    let r = http().get(format!("{url}/{FOO}+3")).send().await.unwrap();
+    assert_eq!(r.headers()["content-length"], "3");
+    assert!(r.bytes().await.is_err());
+    f.clear();
+
     // Truncated index: no blank line at the end.
     f.set_truncate_index(true);
     let body = http()
@@ -143,7 +150,7 @@ async fn max_concurrent_and_stop_start() {
     let url = c.keepstores()[0].url.clone();
     let f = c.faults(&c.keepstores()[0].uuid).unwrap();
     f.set_max_concurrent(Some(1));
-    f.set_latency(Duration::from_millis(300));
+    f.set_latency(Duration::from_millis(800));
     let a = tokio::spawn({
         let url = url.clone();
         async move {
@@ -156,7 +163,7 @@ async fn max_concurrent_and_stop_start() {
                 .as_u16()
         }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let r = http().get(format!("{url}/{FOO}+3")).send().await.unwrap();
     assert_eq!(sb(r).await, (503, String::new()));
     assert_eq!(a.await.unwrap(), 404);
