@@ -524,7 +524,19 @@ impl TestCluster {
                 self.signing_key_str()
             ));
         }
-        std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+        // The file holds the SystemRootToken (and maybe the signing key): private,
+        // as keep-rsync expects (it warns about settings readable by others).
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        f.write_all(s.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     fn signing_key_str(&self) -> String {
