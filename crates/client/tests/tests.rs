@@ -6,4 +6,5 @@
 mod controller;
 mod keep;
 mod mock;
+mod sdk_interop;
 mod settings;
