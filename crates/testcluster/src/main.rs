@@ -101,6 +101,8 @@ struct FaultArgs {
     #[arg(long)]
     truncate_index: bool,
     #[arg(long)]
+    malformed_index: bool,
+    #[arg(long)]
     corrupt: bool,
     /// 0 removes the cap.
     #[arg(long)]
@@ -226,6 +228,7 @@ async fn fault(a: FaultArgs) -> anyhow::Result<()> {
         burst: a.burst,
         method: a.method,
         truncate_index: a.truncate_index.then_some(true),
+        malformed_index: a.malformed_index.then_some(true),
         corrupt: a.corrupt.then_some(true),
         max_concurrent: a.max_concurrent,
         stop: a.stop,
