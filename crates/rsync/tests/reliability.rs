@@ -670,3 +670,44 @@ async fn load_many_small_blocks() {
         ),
     );
 }
+
+/// Regression (d81a901): blocks whose reads fail *temporarily* (503 after the last
+/// retry) at the very start of a run are failed and listed, exit 1; they never make
+/// the run "stop early" as a systematic failure would (exit 2). The next run copies
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_failures_at_start_do_not_stop_the_run() {
+    let p = Pair::new().await;
+    for i in 0..12 {
+        p.src.put_block_on(0, &block("tmp", i, 500)).await.unwrap();
+    }
+    let f = ks(&p.src, 0);
+    // Requests wait 300 ms before the fault is decided: time to switch it on between
+    // the index (answered) and the first block read.
+    f.set_latency(Duration::from_millis(300));
+    let uuid = p.src.keepstores()[0].uuid.clone();
+    let mut child = spawn(&p, &["-q", "--retries", "0"]);
+    let t = Instant::now();
+    while count_requests(&p.src, |r| {
+        r.service == uuid && r.path.starts_with("/index")
+    }) == 0
+        && t.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    f.fail_rate(1.0, 503, Some("GET"));
+    let code = child.wait().await.unwrap().code();
+    f.clear();
+    let out = child_output(&p);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(!out.contains("stopped early"), "{out}");
+    assert!(out.contains("source: read failed: 12"), "{out}");
+    assert!(p.dst_holdings().await.is_empty());
+    p.rsync(&["-q"]).await.assert_code(0);
+    assert_all_copied(&p, 2).await;
+    figure(
+        "temporary read failures at the start",
+        "12 blocks whose only source keepstore answers 503, --retries 0",
+        "all 12 failed and listed, exit 1, not 'stopped early'; next run copies them",
+    );
+}
