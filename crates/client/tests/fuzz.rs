@@ -197,13 +197,19 @@ fn fuzz_locator_parsers() {
             ok += 1;
             assert_eq!(Locator::from_str(&l.to_wire()).as_ref(), Ok(&l), "{s:?}");
             assert!(l.size().is_none_or(|z| z <= MAX_BLOCK_SIZE), "{s:?}");
+            // Display and Debug show nothing beyond the unsigned wire form (a
+            // mutated input can repeat a signature's text inside another hint).
             let shown = format!("{l} {l:?}");
+            let unsigned = l.without_signature().to_wire();
             for h in l
                 .hints()
                 .iter()
                 .filter(|h| h.starts_with('A') && h.len() > 8)
             {
-                assert!(!shown.contains(&h[1..]), "a signature shown: {shown}");
+                assert!(
+                    !shown.contains(&h[1..]) || unsigned.contains(&h[1..]),
+                    "a signature shown: {shown}"
+                );
             }
             assert_eq!(l.unsigned(), l.without_signature().unsigned());
             assert_eq!(Locator::from_str(&l.unsigned()).unwrap().hash(), l.hash());
