@@ -6,7 +6,7 @@
 //! The tests run as root, so a `chmod 000` file would still be readable: the
 //! "unreadable settings file" case uses a directory instead.
 
-use crate::util::{Pair, block, count_requests, figure, run_env};
+use crate::util::{Pair, assert_tokens_isolated, block, count_requests, figure, run_env};
 
 struct Case {
     what: &'static str,
@@ -352,6 +352,7 @@ async fn more_bad_input_is_one_line_exit_2() {
         0,
         "a block was written"
     );
+    assert_tokens_isolated(&p);
     figure(
         "bad input",
         &format!("{n} cases here + 14 in failures.rs"),

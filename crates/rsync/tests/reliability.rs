@@ -280,6 +280,7 @@ async fn source_concurrency_cap() {
     p.rsync(&["--concurrency", "16"]).await.assert_code(0);
     assert_all_copied(&p, 2).await;
     let n503 = count_requests(&p.src, |r| r.status == 503);
+    assert_tokens_isolated(&p);
     figure(
         "source cap of 2 concurrent requests",
         &format!("60 blocks at concurrency 16; {n503} source 503s"),
@@ -304,6 +305,7 @@ async fn source_latency_200ms() {
     p.rsync(&[]).await.assert_code(0);
     let secs = t.elapsed().as_secs_f64();
     assert_all_copied(&p, 2).await;
+    assert_tokens_isolated(&p);
     figure(
         "200 ms latency on every source request",
         "30 blocks",
@@ -348,6 +350,7 @@ async fn corrupt_source_replicas() {
         0,
         "a block that failed its checksum everywhere was sent"
     );
+    assert_tokens_isolated(&p);
     figure(
         "corrupt source replicas",
         "12 blocks: 1 with one corrupt replica, 1 with all corrupt",
@@ -445,6 +448,7 @@ async fn destination_keepstore_full() {
     );
     let n507 = count_requests(&p.dst, |r| r.status == 507);
     assert_eq!(n507, past, "one 507 per block whose first choice was full");
+    assert_tokens_isolated(&p);
     figure(
         "destination keepstore full (507)",
         "1 of 3 full; 30 blocks at 2 replicas",
@@ -489,6 +493,7 @@ async fn destination_all_full() {
     assert_eq!(holdings(&p.src).await, before, "the source is untouched");
     let listed = std::fs::read_to_string(&list).unwrap().lines().count();
     assert!(listed >= 5, "{listed}");
+    assert_tokens_isolated(&p);
     figure(
         "every destination keepstore full",
         "3 of 3 full; 40 blocks",
@@ -594,6 +599,7 @@ async fn index_faults_are_fatal_before_any_write() {
         );
     }
     assert!(p.dst_holdings().await.len() == 1);
+    assert_tokens_isolated(&p);
     figure(
         "index faults",
         "truncated, 5xx (every try) and malformed index, on a source and a destination keepstore",
@@ -660,6 +666,7 @@ async fn load_many_small_blocks() {
     assert!(peak_kb > 0 && peak_kb <= bound_kb, "peak RSS {peak_kb} kB");
     let n503 =
         count_requests(&p.src, |r| r.status == 503) + count_requests(&p.dst, |r| r.status == 503);
+    assert_tokens_isolated(&p);
     figure(
         "load: small blocks, concurrency 64, keepstores capped at 4",
         &format!("{n} blocks (48-175 B), {n503} requests answered 503"),
@@ -705,6 +712,7 @@ async fn temporary_failures_at_start_do_not_stop_the_run() {
     assert!(p.dst_holdings().await.is_empty());
     p.rsync(&["-q"]).await.assert_code(0);
     assert_all_copied(&p, 2).await;
+    assert_tokens_isolated(&p);
     figure(
         "temporary read failures at the start",
         "12 blocks whose only source keepstore answers 503, --retries 0",

@@ -38,6 +38,7 @@ async fn tls_is_verified_by_default() {
     let r = run_env(&a, &[("SSL_CERT_FILE", bundle.to_str().unwrap())]).await;
     r.assert_code(0);
     assert_eq!(p.dst_holdings().await.len(), 5);
+    assert_tokens_isolated(&p);
     figure(
         "TLS verified by default",
         "self-signed controllers, INSECURE=false",
@@ -74,6 +75,7 @@ async fn world_readable_signing_key_warns() {
         "{}",
         r.stderr
     );
+    assert_tokens_isolated(&p);
     figure(
         "permission warning",
         "settings file with a signing key at 0644, then 0600",
