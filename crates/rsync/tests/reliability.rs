@@ -719,3 +719,53 @@ async fn temporary_failures_at_start_do_not_stop_the_run() {
         "all 12 failed and listed, exit 1, not 'stopped early'; next run copies them",
     );
 }
+
+/// A destination keepstore that dies mid-run, after its index was read: the writes
+/// meant for it go to the next services in probe order, and the report counts them as
+/// placed past a failed first-choice service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_keepstore_dies_after_indexing() {
+    let p = Pair::new().await;
+    for i in 0..30 {
+        p.src.put_block(&block("dm", i, 600), 2).await.unwrap();
+    }
+    // Its index takes 300 ms; it is stopped as soon as that is answered, before any
+    // block is copied (the source is indexed after the destination).
+    ks(&p.dst, 0).set_latency(Duration::from_millis(300));
+    for i in 0..3 {
+        ks(&p.src, i).set_latency(Duration::from_millis(100));
+    }
+    let uuid = p.dst.keepstores()[0].uuid.clone();
+    let mut child = spawn(&p, &["--retries", "1"]);
+    let t = Instant::now();
+    while count_requests(&p.dst, |r| {
+        r.service == uuid && r.path.starts_with("/index")
+    }) == 0
+        && t.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    p.dst.stop_keepstore(0).await.unwrap();
+    let code = child.wait().await.unwrap().code();
+    let out = child_output(&p);
+    assert_eq!(code, Some(0), "{out}");
+    assert_all_copied(&p, 2).await;
+    let past = assert_placed_skipping(&p, &[0]).await;
+    assert!(past > 0);
+    assert!(
+        out.contains(&format!(
+            "placed past a failed or full first-choice service: {past} blocks"
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        count_requests(&p.dst, |r| r.service == uuid && r.method == "PUT"),
+        0
+    );
+    assert_tokens_isolated(&p);
+    figure(
+        "destination keepstore dies after indexing",
+        "1 of 3 stopped once its index was read; 30 blocks at 2 replicas",
+        &format!("all copied, {past} placed past it (reported), exit 0"),
+    );
+}
