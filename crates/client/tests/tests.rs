@@ -4,6 +4,7 @@
 //! scripted hyper server.
 
 mod controller;
+mod fuzz;
 mod keep;
 mod mock;
 mod sdk_interop;

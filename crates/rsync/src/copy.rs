@@ -46,7 +46,8 @@ enum Outcome {
         replicas: usize,
         past_first_choice: bool,
     },
-    Failed(Failure),
+    /// The failure, and whether it was temporary (a retry later could succeed).
+    Failed(Failure, bool),
 }
 
 /// Settings of the engine.
@@ -79,12 +80,15 @@ async fn copy_one(
     opts: &CopyOptions,
 ) -> Outcome {
     let loc = todo.locator();
-    let fail = |reason: &str, detail: String| {
-        Outcome::Failed(Failure {
-            locator: loc.to_string(),
-            reason: reason.to_owned(),
-            detail,
-        })
+    let fail = |reason: &str, e: &keep_client::Error| {
+        Outcome::Failed(
+            Failure {
+                locator: loc.to_string(),
+                reason: reason.to_owned(),
+                detail: e.to_string(),
+            },
+            e.is_retryable(),
+        )
     };
     let holders = plan.dst_holders(&todo);
     // A proxy destination is asked for every replica (X-Keep-Desired-Replicas);
@@ -97,7 +101,7 @@ async fn copy_one(
     }
     let data = match src.client.get(&signed_for_read(src, &loc)).await {
         Ok(d) => d,
-        Err(e) => return fail(&format!("source: {}", e.reason()), e.to_string()),
+        Err(e) => return fail(&format!("source: {}", e.reason()), &e),
     };
     let services = dst.client.services();
     let exclude: Vec<&str> = holders
@@ -125,7 +129,7 @@ async fn copy_one(
                 past_first_choice: past,
             }
         }
-        Err(e) => fail(&format!("destination: {}", e.reason()), e.to_string()),
+        Err(e) => fail(&format!("destination: {}", e.reason()), &e),
     }
 }
 
@@ -163,24 +167,31 @@ pub async fn run(
                 r.placed_past_first_choice += u64::from(past_first_choice);
                 progress.block_done(&todo.locator().to_string(), todo.size(), true);
             }
-            Outcome::Failed(f) => {
+            Outcome::Failed(f, temporary) => {
                 tracing::warn!(block = %f.locator, reason = %f.reason, "{}", f.detail);
                 progress.block_done(&f.locator, todo.size(), false);
                 if !any_success.load(Ordering::Relaxed) {
                     let mut e = early.lock().expect("early lock");
                     e.push(f.reason.clone());
-                    let permanent = !f.reason.contains("server error")
+                    // Temporary failures (a `read failed` or `insufficient replicas`
+                    // made of 503s and refused connections) say nothing systematic.
+                    let permanent = !temporary
+                        && !f.reason.contains("server error")
                         && !f.reason.contains("timeout")
                         && !f.reason.contains("connection")
                         && !f.reason.contains("checksum");
                     let threshold = SYSTEMATIC_AFTER;
                     if permanent && e.len() >= threshold && e.iter().all(|x| *x == f.reason) {
-                        *systematic.lock().expect("lock") = Some(format!(
-                            "the first {} blocks all failed the same way ({}): {}",
-                            e.len(),
-                            f.reason,
-                            f.detail
-                        ));
+                        // Blocks still in flight fail the same way; the first
+                        // verdict is the one to report.
+                        systematic.lock().expect("lock").get_or_insert_with(|| {
+                            format!(
+                                "the first {} blocks all failed the same way ({}): {}",
+                                e.len(),
+                                f.reason,
+                                f.detail
+                            )
+                        });
                         halt.cancel();
                     }
                 }

@@ -82,6 +82,14 @@ fn validate(cli: &Cli) -> Result<()> {
         if f.is_dir() {
             bail!("--failed-list {}: is a directory; name a file", f.display());
         }
+        // Checked now, not after a day of copying.
+        let dir = f.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            bail!(
+                "--failed-list {}: the directory does not exist",
+                f.display()
+            );
+        }
     }
     Ok(())
 }

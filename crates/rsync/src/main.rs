@@ -11,14 +11,14 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(go_style_args(std::env::args_os())) {
         Ok(cli) => cli,
         Err(e) => {
-            // clap prints help and version to stdout (exit 0) and usage errors to
-            // stderr (exit 2, our usage code).
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
-                keep_rsync::cli::exit::FATAL
-            } else {
-                0
-            });
+            // clap prints help and version to stdout (exit 0); usage errors go to
+            // stderr as one line, like every other error (exit 2, our usage code).
+            if !e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::from(0);
+            }
+            eprintln!("{}", one_line(&e));
+            return ExitCode::from(keep_rsync::cli::exit::FATAL);
         }
     };
     let default_level = match (cli.quiet, cli.verbose) {
@@ -46,4 +46,18 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(runtime.block_on(keep_rsync::run(cli)))
+}
+
+/// A clap usage error on one line: its message without the usage block and the
+/// "For more information" hint, which a script's log would otherwise split up.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
+        .collect();
+    format!("keep-rsync: {} (see keep-rsync --help)", parts.join(" "))
 }

@@ -213,6 +213,7 @@ async fn bad_input_is_one_line_exit_2() {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let r = run(&args).await;
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{args:?}: {}", r.stderr);
         assert!(
             r.stderr.to_lowercase().contains(&needle.to_lowercase()),
             "{args:?}: stderr does not mention {needle:?}: {}",

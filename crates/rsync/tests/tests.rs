@@ -3,6 +3,10 @@
 
 mod util;
 
+mod badinput;
 mod basics;
 mod failures;
+mod oldclusters;
+mod reliability;
 mod resume;
+mod security;

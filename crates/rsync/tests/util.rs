@@ -152,3 +152,165 @@ pub(crate) fn block_puts(c: &TestCluster) -> Vec<(String, String)> {
         .map(|r| (r.service, r.path[1..33].to_string()))
         .collect()
 }
+
+/// The seed of a seeded test: `KEEP_RSYNC_SEED` if set, else from the clock. Printed
+/// (shown by the harness when the test fails) so that a failure can be replayed.
+pub(crate) fn seed(test: &str) -> u64 {
+    let s = std::env::var("KEEP_RSYNC_SEED")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                % 1_000_000_007
+        });
+    println!("{test}: KEEP_RSYNC_SEED={s}");
+    s
+}
+
+/// Whether the full-size scenarios were asked for (`KEEP_RSYNC_FULL=1`).
+pub(crate) fn full() -> bool {
+    std::env::var("KEEP_RSYNC_FULL").is_ok_and(|v| v == "1")
+}
+
+/// A small seeded generator (splitmix64): enough for test choices, no dependency.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x5851_f42d_4c95_7f2d)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub(crate) fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+}
+
+/// Records one line of the reliability figures: printed (see `--nocapture`) and,
+/// when `KEEP_RSYNC_FIGURES` names a file, appended to it for the summary table.
+pub(crate) fn figure(scenario: &str, tried: &str, held: &str) {
+    let line = format!("{scenario}\t{tried}\t{held}");
+    println!("FIGURE\t{line}");
+    if let Ok(path) = std::env::var("KEEP_RSYNC_FIGURES") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// Runs the binary with extra environment variables.
+pub(crate) async fn run_env(args: &[String], env: &[(&str, &str)]) -> Run {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_keep-rsync"));
+    cmd.args(args).env_remove("RUST_LOG").env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.expect("keep-rsync runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// No (service, block) pair was written with status 200 twice, across every run so
+/// far: the destination index is the checkpoint.
+pub(crate) fn assert_no_block_sent_twice(c: &TestCluster) {
+    let mut seen: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    for k in block_puts(c) {
+        *seen.entry(k).or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "blocks sent twice to one service: {twice:?}"
+    );
+}
+
+/// Every request to a cluster carried that cluster's own token (or none).
+pub(crate) fn assert_tokens_isolated(p: &Pair) {
+    let src_tok = keep_testcluster::token_digest_of(p.src.system_root_token());
+    let dst_tok = keep_testcluster::token_digest_of(p.dst.system_root_token());
+    for r in p.src.request_log() {
+        assert_ne!(
+            r.token.as_deref(),
+            Some(dst_tok.as_str()),
+            "source saw the destination token: {r:?}"
+        );
+    }
+    for r in p.dst.request_log() {
+        assert_ne!(
+            r.token.as_deref(),
+            Some(src_tok.as_str()),
+            "destination saw the source token: {r:?}"
+        );
+    }
+}
+
+/// No token, key or `+A` signature in a run's output.
+pub(crate) fn assert_no_secrets(p: &Pair, r: &Run, what: &str) {
+    for s in p.secrets() {
+        assert!(
+            !r.stdout.contains(&s) && !r.stderr.contains(&s),
+            "a secret leaked ({what})"
+        );
+    }
+    for out in [&r.stdout, &r.stderr] {
+        if let Some(l) = out.lines().find(|l| l.contains("+A")) {
+            panic!("a signature leaked ({what}): {l}");
+        }
+    }
+}
+
+/// Asserts that the destination holds every source block on at least `replicas`
+/// services.
+pub(crate) async fn assert_all_copied(p: &Pair, replicas: usize) {
+    let src = holdings(&p.src).await;
+    let dst = holdings(&p.dst).await;
+    let missing: Vec<_> = src
+        .keys()
+        .filter(|h| dst.get(h).is_none_or(|v| v.len() < replicas))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} source blocks are not on {replicas} destination services: {:?}",
+        missing.len(),
+        src.len(),
+        missing.iter().take(5).collect::<Vec<_>>()
+    );
+}
+
+/// Arguments `-src <src.conf> -dst <dst.conf>` plus `extra`.
+pub(crate) fn args(p: &Pair, extra: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        "-src".to_string(),
+        p.src_conf.display().to_string(),
+        "-dst".to_string(),
+        p.dst_conf.display().to_string(),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// How many requests of a cluster match.
+pub(crate) fn count_requests(
+    c: &TestCluster,
+    f: impl Fn(&keep_testcluster::RequestRecord) -> bool,
+) -> usize {
+    c.request_log().iter().filter(|r| f(r)).count()
+}

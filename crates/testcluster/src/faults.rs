@@ -31,6 +31,8 @@ pub struct FaultSpec {
     pub method: Option<String>,
     /// Cut indexes short: the final blank line (end-of-index marker) is left out.
     pub truncate_index: Option<bool>,
+    /// Add a malformed line ([`MALFORMED_INDEX_LINE`]) before the end-of-index line.
+    pub malformed_index: Option<bool>,
     /// Flip a byte in every block body sent (the client's checksum must catch it).
     pub corrupt: Option<bool>,
     /// Send only the first half of every block body (Content-Length stays the full
@@ -64,9 +66,14 @@ pub(crate) struct Plan {
     pub(crate) bandwidth: Option<u64>,
     pub(crate) max_concurrent: Option<usize>,
     pub(crate) truncate_index: bool,
+    pub(crate) malformed_index: bool,
     pub(crate) corrupt: bool,
     pub(crate) truncate_body: bool,
 }
+
+/// The line a keepstore with the `malformed_index` fault adds to its index: a hash
+/// with a non-hex digit, as a damaged file name on disk would give.
+pub const MALFORMED_INDEX_LINE: &str = "0123456789abcdef0123456789abcdeg+1 1700000000000000000";
 
 struct State {
     plan: Plan,
@@ -156,6 +163,9 @@ impl Faults {
         if let Some(t) = spec.truncate_body {
             st.plan.truncate_body = t;
         }
+        if let Some(m) = spec.malformed_index {
+            st.plan.malformed_index = m;
+        }
         if let Some(c) = spec.corrupt {
             st.plan.corrupt = c;
         }
@@ -244,6 +254,14 @@ impl FaultHandle {
     pub fn set_truncate_index(&self, on: bool) {
         let _ = self.apply(&FaultSpec {
             truncate_index: Some(on),
+            ..Default::default()
+        });
+    }
+
+    /// Adds [`MALFORMED_INDEX_LINE`] to index responses, before the end-of-index line.
+    pub fn set_malformed_index(&self, on: bool) {
+        let _ = self.apply(&FaultSpec {
+            malformed_index: Some(on),
             ..Default::default()
         });
     }

@@ -532,8 +532,14 @@ impl Keepstore {
             },
         };
         let seconds = self.cfg.index_mtime_seconds;
-        let truncate = self.faults.snapshot().truncate_index;
-        let body = index_body(vols, prefix, seconds, truncate);
+        let faults = self.faults.snapshot();
+        let body = index_body(
+            vols,
+            prefix,
+            seconds,
+            faults.truncate_index,
+            faults.malformed_index,
+        );
         let mut r = Response::new(body);
         r.headers_mut().insert(
             "content-type",
@@ -557,6 +563,7 @@ pub(crate) fn index_body(
     prefix: String,
     seconds: bool,
     truncate: bool,
+    malformed: bool,
 ) -> Body {
     let (out_tx, out_rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
     tokio::spawn(async move {
@@ -592,6 +599,16 @@ pub(crate) fn index_body(
                     let _ = out_tx.send(Err(Box::new(e) as BoxError)).await;
                     return;
                 }
+            }
+        }
+        if malformed {
+            let line = format!("{}\n", crate::faults::MALFORMED_INDEX_LINE);
+            if out_tx
+                .send(Ok(Frame::data(Bytes::from(line))))
+                .await
+                .is_err()
+            {
+                return;
             }
         }
         if !truncate {

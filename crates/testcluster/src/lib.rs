@@ -48,7 +48,7 @@ use keep_client::{BlockHash, Locator, SigningKey};
 use serde_json::json;
 
 pub use builder::Builder;
-pub use faults::{FaultHandle, FaultSpec};
+pub use faults::{FaultHandle, FaultSpec, MALFORMED_INDEX_LINE};
 pub use reqlog::{RequestRecord, token_digest_of};
 pub use volume::synthetic_block;
 

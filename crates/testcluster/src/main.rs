@@ -101,6 +101,8 @@ struct FaultArgs {
     #[arg(long)]
     truncate_index: bool,
     #[arg(long)]
+    malformed_index: bool,
+    #[arg(long)]
     corrupt: bool,
     /// Send half of each block body under the full Content-Length.
     #[arg(long)]
@@ -229,6 +231,7 @@ async fn fault(a: FaultArgs) -> anyhow::Result<()> {
         burst: a.burst,
         method: a.method,
         truncate_index: a.truncate_index.then_some(true),
+        malformed_index: a.malformed_index.then_some(true),
         corrupt: a.corrupt.then_some(true),
         truncate_body: a.truncate_body.then_some(true),
         max_concurrent: a.max_concurrent,

@@ -120,6 +120,23 @@ async fn burst_rate_method_latency() {
     assert!(!body.ends_with("\n\n"));
     f.clear();
 
+    // Malformed index: one bad line, then the end marker as usual.
+    f.set_malformed_index(true);
+    let body = http()
+        .get(format!("{url}/index"))
+        .bearer_auth(c.system_root_token())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.ends_with(&format!("{}\n\n", keep_testcluster::MALFORMED_INDEX_LINE)),
+        "{body}"
+    );
+    f.clear();
+
     // Bandwidth: 3 bytes at 10 B/s take about 0.3 s.
     f.set_bandwidth(Some(10));
     let t = Instant::now();
