@@ -6,3 +6,5 @@ mod util;
 mod basics;
 mod failures;
 mod resume;
+mod bench_smoke;
+mod shards;
