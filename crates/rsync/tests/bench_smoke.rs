@@ -18,11 +18,24 @@ fn bench_run_smoke() {
     let tc = rsync.with_file_name("keep-testcluster");
     if !tc.exists() {
         let mut build = std::process::Command::new(env!("CARGO"));
-        build.args(["build", "-p", "keep-testcluster", "--bin", "keep-testcluster"]);
-        if rsync.parent().and_then(Path::file_name).is_some_and(|d| d == "release") {
+        build.args([
+            "build",
+            "-p",
+            "keep-testcluster",
+            "--bin",
+            "keep-testcluster",
+        ]);
+        if rsync
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|d| d == "release")
+        {
             build.arg("--release");
         }
-        assert!(build.status().unwrap().success(), "building keep-testcluster");
+        assert!(
+            build.status().unwrap().success(),
+            "building keep-testcluster"
+        );
     }
     let out = tempfile::tempdir().unwrap();
     let md = out.path().join("BENCHMARKS-smoke.md");
@@ -38,7 +51,17 @@ fn bench_run_smoke() {
         .expect("bench/run starts");
     assert!(status.success(), "bench/run --smoke failed: {status}");
     let text = std::fs::read_to_string(&md).unwrap();
-    for s in ["S1", "S2", "S3", "S4", "S5", "sort + comm", "ceiling", "sdk", "peak RSS"] {
+    for s in [
+        "S1",
+        "S2",
+        "S3",
+        "S4",
+        "S5",
+        "sort + comm",
+        "ceiling",
+        "sdk",
+        "peak RSS",
+    ] {
         assert!(text.contains(s), "report lacks {s}:\n{text}");
     }
 }

@@ -4,7 +4,7 @@
 mod util;
 
 mod basics;
+mod bench_smoke;
 mod failures;
 mod resume;
-mod bench_smoke;
 mod shards;
