@@ -111,8 +111,9 @@ pub struct Cli {
     pub dst_blob_signing_key_file: Option<PathBuf>,
 
     /// Blocks copied at once. Reads of some blocks overlap writes of others; memory in
-    /// flight stays below concurrency x 64 MiB.
-    #[arg(long, value_name = "N", default_value_t = 16)]
+    /// flight stays below concurrency x 64 MiB (2 GiB at the default; lower it for
+    /// small hosts). 32 measured best with 20 ms per request (BENCHMARKS.md).
+    #[arg(long, value_name = "N", default_value_t = 32)]
     pub concurrency: usize,
 
     /// Index and plan only: print what would be copied, per leading hex digit. Writes

@@ -86,6 +86,10 @@ pub struct PlanBuilder {
     dst: Vec<Vec<DstEntry>>,
     todo: Vec<Vec<Todo>>,
     dst_sorted: bool,
+    /// Per bucket, after `finish_dst`: where each value of the hash's second byte
+    /// starts (257 offsets), so a lookup searches ~1/256 of the bucket: a binary search
+    /// over the whole bucket missed the cache on every step (BENCHMARKS.md, S5).
+    dst_offsets: Vec<Vec<u32>>,
     src_entries: u64,
     dst_entries: u64,
     /// Sizes too large for a Keep block (cannot happen with a sane server).
@@ -100,6 +104,7 @@ impl PlanBuilder {
             dst: (0..BUCKETS).map(|_| Vec::new()).collect(),
             todo: (0..BUCKETS).map(|_| Vec::new()).collect(),
             dst_sorted: false,
+            dst_offsets: Vec::new(),
             src_entries: 0,
             dst_entries: 0,
             oversize: 0,
@@ -137,6 +142,20 @@ impl PlanBuilder {
             b.dedup_by(|a, b| (a.hash, a.size, a.service) == (b.hash, b.size, b.service));
             b.shrink_to_fit();
         }
+        self.dst_offsets = self
+            .dst
+            .iter()
+            .map(|b| {
+                let mut off = vec![0u32; 257];
+                for e in b {
+                    off[usize::from(e.hash[1]) + 1] += 1;
+                }
+                for i in 1..257 {
+                    off[i] += off[i - 1];
+                }
+                off
+            })
+            .collect();
         self.dst_sorted = true;
     }
 
@@ -149,7 +168,12 @@ impl PlanBuilder {
         };
         self.src_entries += 1;
         let bucket = usize::from(hash.0[0]);
-        let holders = holders_mut(&mut self.dst[bucket], &hash.0, size);
+        let off = &self.dst_offsets[bucket];
+        let (lo, hi) = (
+            off[usize::from(hash.0[1])] as usize,
+            off[usize::from(hash.0[1]) + 1] as usize,
+        );
+        let holders = holders_mut(&mut self.dst[bucket][lo..hi], &hash.0, size);
         let count = holders.len();
         for e in holders {
             e.seen = true;

@@ -5,8 +5,10 @@ mod util;
 
 mod badinput;
 mod basics;
+mod bench_smoke;
 mod failures;
 mod oldclusters;
 mod reliability;
 mod resume;
 mod security;
+mod shards;
