@@ -1,7 +1,6 @@
 //! The original tool's cases, placement, checkpointing, dry-run, verify, secrets.
 
 use keep_client::{BlockHash, rendezvous::probe_order};
-use keep_testcluster::token_digest_of;
 
 use crate::util::{Pair, block, block_puts, builder};
 
@@ -210,22 +209,7 @@ async fn secrets_never_printed_and_tokens_isolated() {
             );
         }
     }
-    let src_tok = token_digest_of(p.src.system_root_token());
-    let dst_tok = token_digest_of(p.dst.system_root_token());
-    for r in p.src.request_log() {
-        assert_ne!(
-            r.token.as_deref(),
-            Some(dst_tok.as_str()),
-            "source saw the destination token: {r:?}"
-        );
-    }
-    for r in p.dst.request_log() {
-        assert_ne!(
-            r.token.as_deref(),
-            Some(src_tok.as_str()),
-            "destination saw the source token: {r:?}"
-        );
-    }
+    crate::util::assert_tokens_isolated(&p);
 }
 
 fn proxy_services_json(c: &keep_testcluster::TestCluster) -> String {
