@@ -3,8 +3,10 @@
 # Profiles keep-rsync copying N blocks of SIZE bytes between two fresh local clusters:
 # perf record -e cpu-clock (this VM has no hardware counters), wall/CPU/RSS from
 # /usr/bin/time. Then: perf report -i OUTNAME.data --no-children --sort symbol --stdio
+# Build first with symbols: cargo build --profile profiling -p keep-rsync -p keep-testcluster
+# (release binaries are stripped).
 set -e
-R=${CARGO_TARGET_DIR:-$(dirname "$0")/../target}/release
+R=${CARGO_TARGET_DIR:-$(dirname "$0")/../target}/profiling
 N=$1; SIZE=$2; OUT=$3; shift 3
 D=$(mktemp -d /tmp/keep-prof-XXXX)
 trap 'kill $SP $DP 2>/dev/null; wait 2>/dev/null; rm -rf $D' EXIT
