@@ -6,7 +6,7 @@ use keep_client::{BlockHash, Locator};
 use keep_testcluster::TestCluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::util::{http, sb, small};
+use crate::util::{expired_foo, get_as, http, sb, small};
 
 const FOO: &str = "acbd18db4cc2f85cedef654fccc4a4d8";
 
@@ -97,39 +97,22 @@ async fn put_get_head_3x() {
             "{loc}"
         );
     }
-    let expired = keep_client::signing::sign(
-        &Locator::of(b"foo"),
-        c.signing_key(),
-        &keep_client::Token::new(tok),
-        1000,
-        keep_client::SignatureFormat::Current {
-            ttl: c.blob_signature_ttl(),
-        },
+    let expired = expired_foo(&c, tok);
+    assert_eq!(
+        get_as(format!("{}/{}", ks.url, expired.to_wire()), tok).await,
+        (401, "expired signature\n".into())
     );
-    let r = http()
-        .get(format!("{}/{}", ks.url, expired.to_wire()))
-        .bearer_auth(tok)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sb(r).await, (401, "expired signature\n".into()));
 
     // Route and locator errors (§5.1, §5.3, §5.10).
     let other = c.sign_locator(&Locator::of(b"bar"), tok);
-    let r = http()
-        .get(format!("{}/{}", ks.url, other.to_wire()))
-        .bearer_auth(tok)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sb(r).await, (404, "file does not exist\n".into()));
-    let r = http()
-        .get(format!("{}/{FOO}", ks.url))
-        .bearer_auth(tok)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sb(r).await, (405, "method not allowed\n".into()));
+    assert_eq!(
+        get_as(format!("{}/{}", ks.url, other.to_wire()), tok).await,
+        (404, "file does not exist\n".into())
+    );
+    assert_eq!(
+        get_as(format!("{}/{FOO}", ks.url), tok).await,
+        (405, "method not allowed\n".into())
+    );
     let r = http()
         .get(format!("{}/{FOO}+Zx+3", ks.url))
         .send()
@@ -218,43 +201,26 @@ async fn errors_2x() {
         .unwrap();
     assert_eq!(r.headers()["content-type"], "application/octet-stream");
     assert_eq!(sb(r).await, (200, "foo".into()));
-    let r = http()
-        .get(format!("{}/{FOO}+3", ks.url))
-        .bearer_auth(tok)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sb(r).await, (403, "Forbidden\n".into()));
+    assert_eq!(
+        get_as(format!("{}/{FOO}+3", ks.url), tok).await,
+        (403, "Forbidden\n".into())
+    );
     let r = http()
         .get(format!("{}/{signed}", ks.url))
         .send()
         .await
         .unwrap();
     assert_eq!(sb(r).await, (403, "Forbidden\n".into()));
-    let expired = keep_client::signing::sign(
-        &Locator::of(b"foo"),
-        c.signing_key(),
-        &keep_client::Token::new(tok),
-        1000,
-        keep_client::SignatureFormat::Current {
-            ttl: c.blob_signature_ttl(),
-        },
+    let expired = expired_foo(&c, tok);
+    assert_eq!(
+        get_as(format!("{}/{}", ks.url, expired.to_wire()), tok).await,
+        (401, "Expired permission signature\n".into())
     );
-    let r = http()
-        .get(format!("{}/{}", ks.url, expired.to_wire()))
-        .bearer_auth(tok)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sb(r).await, (401, "Expired permission signature\n".into()));
     let bar = c.sign_locator(&Locator::of(b"bar"), tok);
-    let r = http()
-        .get(format!("{}/{}", ks.url, bar.to_wire()))
-        .bearer_auth(tok)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sb(r).await, (404, "Not Found\n".into()));
+    assert_eq!(
+        get_as(format!("{}/{}", ks.url, bar.to_wire()), tok).await,
+        (404, "Not Found\n".into())
+    );
 }
 
 #[tokio::test]

@@ -28,3 +28,28 @@ pub(crate) async fn sb(r: reqwest::Response) -> (u16, String) {
     let s = r.status().as_u16();
     (s, r.text().await.expect("body"))
 }
+
+/// (status, body) of a GET of `url` with `token` as the bearer token.
+pub(crate) async fn get_as(url: String, token: &str) -> (u16, String) {
+    sb(http()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request"))
+    .await
+}
+
+/// `foo`'s locator signed for `token` with this cluster's key and TTL, but with an
+/// expiry in 1970: keepstore must answer "expired" (§3.2).
+pub(crate) fn expired_foo(c: &TestCluster, token: &str) -> keep_client::Locator {
+    keep_client::signing::sign(
+        &keep_client::Locator::of(b"foo"),
+        c.signing_key(),
+        &keep_client::Token::new(token),
+        1000,
+        keep_client::SignatureFormat::Current {
+            ttl: c.blob_signature_ttl(),
+        },
+    )
+}
