@@ -221,7 +221,6 @@ async fn run_inner(cli: Cli) -> Result<u8> {
     let copy_started = Instant::now();
     if cli.verify {
         verify::run(
-            &src,
             &dst,
             &plan,
             cli.verify_data,

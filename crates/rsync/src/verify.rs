@@ -14,9 +14,7 @@ use crate::progress::Progress;
 use crate::report::{Failure, Report};
 
 /// Fills `report` with every missing, under-replicated or (with `data`) corrupt block.
-#[allow(clippy::too_many_arguments)]
 pub async fn run(
-    _src: &Cluster,
     dst: &Cluster,
     plan: &Plan,
     data: bool,
