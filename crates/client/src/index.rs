@@ -111,7 +111,7 @@ impl IndexParser {
                     line_number: self.lines + 1,
                 });
             }
-            match chunk.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', chunk) {
                 Some(nl) => {
                     let (head, rest) = (&chunk[..nl], &chunk[nl + 1..]);
                     chunk = rest;
@@ -181,19 +181,25 @@ impl IndexParser {
     }
 }
 
-/// Parses `<32hex>+<size> <mtime>`.
+/// Parses `<32hex>+<size> <mtime>`. Hot: one call per index line, so no UTF-8
+/// validation or iterator splitting, just byte scans (BENCHMARKS.md, S5).
 fn parse_line(line: &[u8]) -> Result<IndexEntry, &'static str> {
-    let mut fields = line.split(|&b| b == b' ');
-    let (Some(loc), Some(mtime), None) = (fields.next(), fields.next(), fields.next()) else {
-        return Err("expected exactly two space-separated fields");
-    };
+    const FIELDS: &str = "expected exactly two space-separated fields";
+    let sp = memchr::memchr(b' ', line).ok_or(FIELDS)?;
+    let (loc, mtime) = (&line[..sp], &line[sp + 1..]);
     if loc.len() < 34 || loc[32] != b'+' {
         return Err("expected <32 hex digits>+<size>");
     }
     let hash =
         BlockHash::from_hex_bytes(&loc[..32]).ok_or("the hash is not 32 lowercase hex digits")?;
     let size = parse_u64(&loc[33..]).ok_or("the size is not a decimal number")?;
-    let mtime = parse_i64(mtime).ok_or("the mtime is not a decimal integer")?;
+    let Some(mtime) = parse_i64(mtime) else {
+        return Err(if mtime.contains(&b' ') {
+            FIELDS
+        } else {
+            "the mtime is not a decimal integer"
+        });
+    };
     // 2015 keepstores sent seconds (§14); Go keep-balance treats < 1e12 as seconds.
     let mtime_ns = if mtime < 1_000_000_000_000 {
         mtime.saturating_mul(1_000_000_000)
@@ -207,19 +213,36 @@ fn parse_line(line: &[u8]) -> Result<IndexEntry, &'static str> {
     })
 }
 
+/// A non-empty run of ASCII digits that fits in a u64.
 fn parse_u64(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 || !s.iter().all(u8::is_ascii_digit) {
+    if s.is_empty() || s.len() > 20 {
         return None;
     }
-    std::str::from_utf8(s).ok()?.parse().ok()
+    s.iter().try_fold(0u64, |n, &c| {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
 }
 
+/// An optional `-` and a non-empty run of ASCII digits that fits in an i64.
 fn parse_i64(s: &[u8]) -> Option<i64> {
-    let digits = s.strip_prefix(b"-").unwrap_or(s);
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+    let (negative, digits) = match s.strip_prefix(b"-") {
+        Some(d) => (true, d),
+        None => (false, s),
+    };
+    if digits.len() > 19 {
         return None;
     }
-    std::str::from_utf8(s).ok()?.parse().ok()
+    let n = parse_u64(digits)?;
+    if negative {
+        // i64::MIN's magnitude is one more than i64::MAX.
+        0i64.checked_sub_unsigned(n)
+    } else {
+        i64::try_from(n).ok()
+    }
 }
 
 #[cfg(test)]

@@ -189,11 +189,11 @@ async fn run_inner(cli: Cli) -> Result<u8> {
     // Through a keepproxy the destination index cannot tell services apart (§6.5), so
     // a block it lists at all counts as present; keepproxy makes the copies.
     let present_at = if dst.client.has_proxy() { 1 } else { replicas };
-    let builder = Mutex::new(PlanBuilder::new(present_at));
-    let dst_down = scan::scan(&dst, &cli.prefix, &builder, &progress).await?;
-    builder.lock().expect("plan lock").finish_dst();
-    let src_down = scan::scan(&src, &cli.prefix, &builder, &progress).await?;
-    let plan = builder.into_inner().expect("plan lock").finish();
+    let planner = scan::Planner::start(PlanBuilder::new(present_at))?;
+    let dst_down = scan::scan(&dst, &cli.prefix, &planner, &progress).await?;
+    planner.finish_dst();
+    let src_down = scan::scan(&src, &cli.prefix, &planner, &progress).await?;
+    let plan = planner.finish()?;
     let s = plan.stats();
     progress.note(&format!(
         "Before keep-rsync, there are {} blocks in src and {} blocks in dst. Start copying {} blocks from src not found in dst.",

@@ -17,8 +17,9 @@ use keep_client::BlockHash;
 /// Number of buckets: one per value of the hash's first byte.
 const BUCKETS: usize = 256;
 
-/// One destination index line, reduced to what planning needs.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+/// One destination index line, reduced to what planning needs. Ordered by
+/// (hash, size, service, seen).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct DstEntry {
     hash: [u8; 16],
     size: u32,
@@ -28,11 +29,46 @@ struct DstEntry {
     seen: bool,
 }
 
-/// A block to copy (or top up): 20 bytes.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Hash)]
+/// A block to copy (or top up): 20 bytes. Ordered by (hash, size).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub struct Todo {
     hash: [u8; 16],
     size: u32,
+}
+
+/// The (hash, size) order as one integer comparison: the hash read big-endian sorts
+/// like its bytes, and compares in two instructions instead of a `memcmp` call
+/// (sorting and searching the plan is most of the index phase, BENCHMARKS.md S5).
+fn key(hash: &[u8; 16], size: u32) -> (u128, u32) {
+    (u128::from_be_bytes(*hash), size)
+}
+
+impl Ord for DstEntry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (key(&self.hash, self.size), self.service, self.seen).cmp(&(
+            key(&other.hash, other.size),
+            other.service,
+            other.seen,
+        ))
+    }
+}
+
+impl PartialOrd for DstEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Todo {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        key(&self.hash, self.size).cmp(&key(&other.hash, other.size))
+    }
+}
+
+impl PartialOrd for Todo {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl Todo {
@@ -89,7 +125,8 @@ pub struct PlanBuilder {
     /// Per bucket, after `finish_dst`: where each value of the hash's second byte
     /// starts (257 offsets), so a lookup searches ~1/256 of the bucket: a binary search
     /// over the whole bucket missed the cache on every step (BENCHMARKS.md, S5).
-    dst_offsets: Vec<Vec<u32>>,
+    /// Flat: bucket `b`'s offsets are `[b * 257..(b + 1) * 257]`.
+    dst_offsets: Vec<u32>,
     src_entries: u64,
     dst_entries: u64,
     /// Sizes too large for a Keep block (cannot happen with a sane server).
@@ -122,8 +159,9 @@ impl PlanBuilder {
         let b = &mut self.dst[usize::from(hash.0[0])];
         if b.len() == b.capacity() && !b.is_empty() {
             // Two volumes of one keepstore list the same block twice; squeeze those
-            // out before paying for more room.
-            b.sort_unstable();
+            // out before paying for more room. A stable sort finds the part sorted
+            // last time as one run and merges, instead of sorting it all again.
+            b.sort();
             b.dedup_by(|a, b| (a.hash, a.size, a.service) == (b.hash, b.size, b.service));
         }
         reserve_quarter(b);
@@ -138,24 +176,19 @@ impl PlanBuilder {
     /// Ends the destination phase: sorts and de-duplicates every bucket.
     pub fn finish_dst(&mut self) {
         for b in &mut self.dst {
-            b.sort_unstable();
+            b.sort();
             b.dedup_by(|a, b| (a.hash, a.size, a.service) == (b.hash, b.size, b.service));
             b.shrink_to_fit();
         }
-        self.dst_offsets = self
-            .dst
-            .iter()
-            .map(|b| {
-                let mut off = vec![0u32; 257];
-                for e in b {
-                    off[usize::from(e.hash[1]) + 1] += 1;
-                }
-                for i in 1..257 {
-                    off[i] += off[i - 1];
-                }
-                off
-            })
-            .collect();
+        self.dst_offsets = vec![0u32; BUCKETS * 257];
+        for (b, off) in self.dst.iter().zip(self.dst_offsets.chunks_exact_mut(257)) {
+            for e in b {
+                off[usize::from(e.hash[1]) + 1] += 1;
+            }
+            for i in 1..257 {
+                off[i] += off[i - 1];
+            }
+        }
         self.dst_sorted = true;
     }
 
@@ -168,7 +201,7 @@ impl PlanBuilder {
         };
         self.src_entries += 1;
         let bucket = usize::from(hash.0[0]);
-        let off = &self.dst_offsets[bucket];
+        let off = &self.dst_offsets[bucket * 257..(bucket + 1) * 257];
         let (lo, hi) = (
             off[usize::from(hash.0[1])] as usize,
             off[usize::from(hash.0[1]) + 1] as usize,
@@ -183,11 +216,46 @@ impl PlanBuilder {
         }
         let t = &mut self.todo[bucket];
         if t.len() == t.capacity() && !t.is_empty() {
-            t.sort_unstable();
+            // Stable: merges with the run sorted last time (see add_dst).
+            t.sort();
             t.dedup();
         }
         reserve_quarter(t);
         t.push(Todo { hash: hash.0, size });
+    }
+
+    /// [`PlanBuilder::add_src`] for many entries. Faster: before each group of
+    /// entries is looked up, the destination entries they will land on are read
+    /// together, so the cache misses overlap instead of coming one at a time.
+    pub fn add_src_many(&mut self, entries: impl IntoIterator<Item = (BlockHash, u64)>) {
+        const GROUP: usize = 32;
+        let mut group = [(BlockHash([0; 16]), 0u64); GROUP];
+        let mut entries = entries.into_iter().peekable();
+        while entries.peek().is_some() {
+            let mut n = 0;
+            for e in entries.by_ref().take(GROUP) {
+                group[n] = e;
+                n += 1;
+            }
+            let mut touched = 0u32;
+            for (hash, _) in &group[..n] {
+                let bucket = usize::from(hash.0[0]);
+                let o = bucket * 257 + usize::from(hash.0[1]);
+                let (lo, hi) = (
+                    self.dst_offsets[o] as usize,
+                    self.dst_offsets[o + 1] as usize,
+                );
+                if lo < hi {
+                    let frac = u64::from_be_bytes(hash.0[2..10].try_into().expect("8 bytes"));
+                    let guess = lo + ((u128::from(frac) * (hi - lo) as u128) >> 64) as usize;
+                    touched = touched.wrapping_add(self.dst[bucket][guess].size);
+                }
+            }
+            std::hint::black_box(touched);
+            for &(hash, size) in &group[..n] {
+                self.add_src(hash, size);
+            }
+        }
     }
 
     /// Ends the source phase and returns the plan.
@@ -199,7 +267,7 @@ impl PlanBuilder {
             ..PlanStats::default()
         };
         for b in &mut self.todo {
-            b.sort_unstable();
+            b.sort();
             b.dedup();
             b.shrink_to_fit();
         }
@@ -241,17 +309,69 @@ impl PlanBuilder {
     }
 }
 
-/// The entries of a sorted bucket that list `hash+size`, one per service.
+/// The entries of a sorted bucket (all hashes share their first byte) that list
+/// `hash+size`, one per service.
 fn holders<'a>(bucket: &'a [DstEntry], hash: &[u8; 16], size: u32) -> &'a [DstEntry] {
-    let lo = bucket.partition_point(|e| (e.hash, e.size) < (*hash, size));
-    let hi = lo + bucket[lo..].partition_point(|e| (e.hash, e.size) == (*hash, size));
+    let (lo, hi) = holder_range(bucket, 1, hash, size);
     &bucket[lo..hi]
 }
 
-fn holders_mut<'a>(bucket: &'a mut [DstEntry], hash: &[u8; 16], size: u32) -> &'a mut [DstEntry] {
-    let lo = bucket.partition_point(|e| (e.hash, e.size) < (*hash, size));
-    let hi = lo + bucket[lo..].partition_point(|e| (e.hash, e.size) == (*hash, size));
-    &mut bucket[lo..hi]
+/// [`holders`] in a slice of a bucket whose hashes share their first two bytes.
+fn holders_mut<'a>(slice: &'a mut [DstEntry], hash: &[u8; 16], size: u32) -> &'a mut [DstEntry] {
+    let (lo, hi) = holder_range(slice, 2, hash, size);
+    &mut slice[lo..hi]
+}
+
+/// Where `hash+size` is in `sorted`, whose entries all share the first `fixed` bytes
+/// of the hash.
+///
+/// Interpolation, then galloping: MD5 hashes are uniform, so the entry is almost
+/// always within a few places of where the next 8 bytes of the hash say it should
+/// be. One cache miss per lookup instead of one per binary-search step, which was
+/// most of the index phase at 10 million blocks (BENCHMARKS.md, S5). Skewed data
+/// only costs more steps: the galloping search is exact whatever the guess.
+fn holder_range(sorted: &[DstEntry], fixed: usize, hash: &[u8; 16], size: u32) -> (usize, usize) {
+    let n = sorted.len();
+    if n == 0 {
+        return (0, 0);
+    }
+    let k = key(hash, size);
+    let below = |i: usize| key(&sorted[i].hash, sorted[i].size) < k;
+    let frac = u64::from_be_bytes(hash[fixed..fixed + 8].try_into().expect("8 bytes"));
+    let guess = ((u128::from(frac) * n as u128) >> 64) as usize;
+    // Find lo..hi with every entry before lo below k and none from hi on.
+    let (mut lo, mut hi);
+    if below(guess) {
+        (lo, hi) = (guess + 1, n);
+        let mut step = 1;
+        while lo + step - 1 < n {
+            if below(lo + step - 1) {
+                lo += step;
+                step *= 2;
+            } else {
+                hi = lo + step - 1;
+                break;
+            }
+        }
+    } else {
+        (lo, hi) = (0, guess);
+        let mut step = 1;
+        while step <= hi {
+            if below(hi - step) {
+                lo = hi - step + 1;
+                break;
+            }
+            hi -= step;
+            step *= 2;
+        }
+    }
+    let start = lo + sorted[lo..hi].partition_point(|e| key(&e.hash, e.size) < k);
+    let end = start
+        + sorted[start..]
+            .iter()
+            .take_while(|e| key(&e.hash, e.size) == k)
+            .count();
+    (start, end)
 }
 
 /// What the indexes said, in numbers.
@@ -415,6 +535,75 @@ mod tests {
         assert_eq!(p.dst_holders(&t), vec![0]);
         assert!(p.todo().all(|t| t.hash() != h(50)));
         assert_eq!(p.dst_copies_of_src_blocks().count(), 400);
+    }
+
+    /// The interpolating search agrees with a plain binary search, on uniform hashes
+    /// and on skewed ones (every hash sharing a long prefix), hits and misses alike.
+    #[test]
+    fn holder_range_matches_binary_search() {
+        let seed = 0x5eed_u64;
+        println!("seed {seed}");
+        let mut x = seed;
+        let mut next = move || {
+            // xorshift64*
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        for (n, skew) in [
+            (0, 0),
+            (1, 0),
+            (7, 0),
+            (500, 0),
+            (5000, 0),
+            (3000, 6),
+            (3000, 14),
+        ] {
+            let mut v: Vec<DstEntry> = (0..n)
+                .map(|_| {
+                    let mut hash = [0u8; 16];
+                    hash[..8].copy_from_slice(&next().to_be_bytes());
+                    hash[8..].copy_from_slice(&next().to_be_bytes());
+                    // Skewed: the first `skew` bytes are all zero.
+                    hash[..skew].fill(0);
+                    let size = (next() % 3) as u32;
+                    DstEntry {
+                        hash,
+                        size,
+                        service: (next() % 2) as u16,
+                        seen: false,
+                    }
+                })
+                .collect();
+            // Duplicates (the same block on two services).
+            let dups: Vec<DstEntry> = v
+                .iter()
+                .step_by(3)
+                .map(|e| DstEntry { service: 7, ..*e })
+                .collect();
+            v.extend(dups);
+            v.sort();
+            let mut probes: Vec<([u8; 16], u32)> = v.iter().map(|e| (e.hash, e.size)).collect();
+            for _ in 0..n + 10 {
+                let mut hash = [0u8; 16];
+                hash[..8].copy_from_slice(&next().to_be_bytes());
+                hash[..skew].fill(0);
+                probes.push((hash, (next() % 3) as u32));
+            }
+            probes.push(([0; 16], 0));
+            probes.push(([0xff; 16], u32::MAX));
+            for (hash, size) in probes {
+                let k = key(&hash, size);
+                let lo = v.partition_point(|e| key(&e.hash, e.size) < k);
+                let hi = v.partition_point(|e| key(&e.hash, e.size) <= k);
+                assert_eq!(
+                    holder_range(&v, 0, &hash, size),
+                    (lo, hi),
+                    "n {n} skew {skew}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,18 +1,100 @@
 //! The index phase: every keepstore of a cluster is asked for its index at once, and
 //! the entries stream into the [`PlanBuilder`] without any index body being held.
+//!
+//! The builder lives on a thread of its own ([`Planner`]): parsing index text and
+//! looking entries up in the plan each take about half of the index phase, so on two
+//! cores they overlap (BENCHMARKS.md, S5).
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use keep_client::index::IndexEntry;
 
 use crate::cluster::{Cluster, Role};
-use crate::plan::PlanBuilder;
+use crate::plan::{Plan, PlanBuilder};
 use crate::progress::Progress;
 
-/// Entries handed to the builder per lock.
+/// Entries per message to the planner thread.
 const BATCH: usize = 4096;
+/// Messages queued for the planner before index readers wait (16 × 4096 × 32 B = 2 MiB).
+const QUEUE: usize = 16;
+
+enum Msg {
+    Dst(u16, Vec<IndexEntry>),
+    Src(Vec<IndexEntry>),
+    FinishDst,
+}
+
+/// A [`PlanBuilder`] on its own thread, fed batches of index entries in order.
+#[derive(Debug)]
+pub struct Planner {
+    tx: mpsc::SyncSender<Msg>,
+    thread: JoinHandle<PlanBuilder>,
+}
+
+impl Planner {
+    /// Starts the thread.
+    ///
+    /// # Errors
+    /// The operating system refused a thread.
+    pub fn start(mut builder: PlanBuilder) -> Result<Planner> {
+        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("planner".into())
+            .spawn(move || {
+                for msg in rx {
+                    match msg {
+                        Msg::Dst(service, batch) => {
+                            for e in batch {
+                                builder.add_dst(service, e.hash, e.size);
+                            }
+                        }
+                        Msg::Src(batch) => {
+                            builder.add_src_many(batch.into_iter().map(|e| (e.hash, e.size)));
+                        }
+                        Msg::FinishDst => builder.finish_dst(),
+                    }
+                }
+                builder
+            })
+            .context("cannot start the planner thread")?;
+        Ok(Planner { tx, thread })
+    }
+
+    fn send(&self, msg: Msg) {
+        // A full queue means the planner is behind: wait for it. On the multi-thread
+        // runtime, tell tokio this worker blocks so its other tasks move elsewhere.
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        // An error means the thread is gone (it panicked); `finish` reports that.
+        let send = || drop(self.tx.send(msg));
+        if multi {
+            tokio::task::block_in_place(send);
+        } else {
+            send();
+        }
+    }
+
+    /// Ends the destination phase (see [`PlanBuilder::finish_dst`]).
+    pub fn finish_dst(&self) {
+        self.send(Msg::FinishDst);
+    }
+
+    /// Waits for every queued entry, and returns the plan.
+    ///
+    /// # Errors
+    /// The planner thread panicked.
+    pub fn finish(self) -> Result<Plan> {
+        drop(self.tx);
+        let builder = self
+            .thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the planner thread panicked"))?;
+        Ok(builder.finish())
+    }
+}
 
 /// Reads every index of `cluster` (restricted to `prefix`) into `builder`: destination
 /// entries with the service number, source entries without.
@@ -29,7 +111,7 @@ const BATCH: usize = 4096;
 pub async fn scan(
     cluster: &Cluster,
     prefix: &str,
-    builder: &Mutex<PlanBuilder>,
+    planner: &Planner,
     progress: &Progress,
 ) -> Result<Vec<String>> {
     let services = cluster.client.services();
@@ -44,15 +126,15 @@ pub async fn scan(
             let mut batch: Vec<IndexEntry> = Vec::with_capacity(BATCH);
             let mut delivered = 0u64;
             let flush = |batch: &mut Vec<IndexEntry>| {
-                let mut b = builder.lock().expect("plan lock");
-                for e in batch.iter() {
-                    match cluster.role {
-                        Role::Destination => b.add_dst(i as u16, e.hash, e.size),
-                        Role::Source => b.add_src(e.hash, e.size),
-                    }
+                if batch.is_empty() {
+                    return;
                 }
                 listed.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                batch.clear();
+                let full = std::mem::replace(batch, Vec::with_capacity(BATCH));
+                planner.send(match cluster.role {
+                    Role::Destination => Msg::Dst(i as u16, full),
+                    Role::Source => Msg::Src(full),
+                });
             };
             let got = cluster
                 .client
