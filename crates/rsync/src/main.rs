@@ -45,7 +45,14 @@ fn main() -> ExitCode {
             return ExitCode::from(keep_rsync::cli::exit::FATAL);
         }
     };
-    ExitCode::from(runtime.block_on(keep_rsync::run(cli)))
+    // Run on a worker, not on this thread: the HTTP connection tasks live on the
+    // workers, and a request handed between threads costs a wake-up each way.
+    let code = runtime.block_on(async {
+        tokio::spawn(keep_rsync::run(cli))
+            .await
+            .unwrap_or(keep_rsync::cli::exit::FATAL)
+    });
+    ExitCode::from(code)
 }
 
 /// A clap usage error on one line: its message without the usage block and the
