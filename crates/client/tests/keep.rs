@@ -152,6 +152,45 @@ async fn get_fails_over_on_checksum_mismatch() {
     assert_no_secrets(&e, &loc);
 }
 
+/// `get_unchecked` returns what the first service sends when the length is right (the
+/// caller relies on the receiving keepstore's check), but still fails over on a
+/// wrong length.
+#[tokio::test]
+async fn get_unchecked_checks_only_the_length() {
+    let data = Bytes::from_static(b"the real data");
+    let loc = signed(&data);
+    let c_probe = client(servers(3, |_| keepstore()).await.1);
+    let order: Vec<usize> = c_probe
+        .readable_order(&loc.hash())
+        .iter()
+        .map(|s| idx(s))
+        .collect();
+    let (first, second) = (order[0], order[1]);
+    let d = data.clone();
+    let (mocks, services) = servers(3, |i| {
+        let d = d.clone();
+        move |_: &crate::mock::Request| {
+            if i == first {
+                Reply::ok(Bytes::from_static(b"the fake data"))
+            } else if i == second {
+                Reply::ok(Bytes::from_static(b"short"))
+            } else {
+                Reply::ok(d.clone())
+            }
+        }
+    })
+    .await;
+    let c = client(services);
+    assert_eq!(
+        c.get_unchecked(&loc).await.unwrap(),
+        Bytes::from_static(b"the fake data")
+    );
+    assert_eq!(mocks[first].count(), 1);
+    // The checked read skips both bad services.
+    assert_eq!(c.get(&loc).await.unwrap(), data);
+    assert_eq!(mocks[order[2]].count(), 1);
+}
+
 #[tokio::test]
 async fn get_all_404_is_not_found_without_retries() {
     let loc = signed(b"missing");

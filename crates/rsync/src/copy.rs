@@ -99,7 +99,11 @@ async fn copy_one(
     if let Some(l) = &opts.limiter {
         l.acquire(todo.size()).await;
     }
-    let data = match src.client.get(&signed_for_read(src, &loc)).await {
+    // The destination keepstores check every byte against the hash before storing
+    // it (§5), so the read skips our own MD5 pass (half of a copy's CPU,
+    // BENCHMARKS.md); a rejection below re-reads with the check.
+    let read_loc = signed_for_read(src, &loc);
+    let data = match src.client.get_unchecked(&read_loc).await {
         Ok(d) => d,
         Err(e) => return fail(&format!("source: {}", e.reason()), &e),
     };
@@ -117,11 +121,19 @@ async fn copy_one(
         .take(need)
         .map(|s| s.uuid.clone())
         .collect();
-    match dst
-        .client
-        .put_excluding(todo.hash(), data, need, &exclude)
-        .await
-    {
+    let put = |data| dst.client.put_excluding(todo.hash(), data, need, &exclude);
+    let mut written = put(data).await;
+    if let Err(keep_client::Error::ContentRejected { .. }) = &written {
+        // The bytes do not match the hash: a source replica is bad (and its keepstore
+        // did not notice). Read again with our own check, which fails over to a good
+        // replica, or reports the checksum failure.
+        tracing::warn!(block = %loc, "the destination rejected the data read from the source; reading it again, checked");
+        written = match src.client.get(&read_loc).await {
+            Ok(d) => put(d).await,
+            Err(e) => return fail(&format!("source: {}", e.reason()), &e),
+        };
+    }
+    match written {
         Ok(r) => {
             let past = !proxy && r.stored_on.iter().any(|u| !first_choice.contains(u));
             Outcome::Copied {

@@ -1,6 +1,6 @@
 //! Failures: recorded and survived, or (when systematic or fatal) a clear exit 2.
 
-use keep_client::BlockHash;
+use keep_client::{BlockHash, rendezvous::probe_order};
 
 use crate::util::{Pair, block, block_puts, holdings, run};
 
@@ -52,6 +52,36 @@ async fn corrupt_replica_fails_over() {
         .set_corrupt_reads(true);
     p.rsync(&[]).await.assert_code(0);
     assert!(p.dst_holdings().await.contains_key(&h));
+}
+
+/// Bytes corrupted on the way from a source keepstore that does not notice: the copy
+/// reads without its own MD5 (the destination checks), so the destination refuses
+/// them, and the checked re-read fails over to the good replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_in_transit_is_refused_and_read_again() {
+    let p = Pair::new().await;
+    let b = block("in-transit", 0, 4096);
+    p.src.put_block(&b, 2).await.unwrap();
+    let h = BlockHash::of(&b);
+    // The replica the copy reads first: the first holder in probe order.
+    let uuids: Vec<String> = p.src.keepstores().iter().map(|k| k.uuid.clone()).collect();
+    let holders = holdings(&p.src).await[&h].clone();
+    let first = probe_order(&h, &uuids)
+        .into_iter()
+        .find(|i| holders.contains(i))
+        .unwrap();
+    p.src
+        .faults(&format!("keepstore{first}"))
+        .unwrap()
+        .set_corrupt_reads(true);
+    let run = p.rsync(&[]).await;
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("destination rejected the data"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(p.dst_holdings().await[&h].len(), 2);
 }
 
 /// A wrong signing key: every read is refused the same way; the run stops early with

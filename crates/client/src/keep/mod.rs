@@ -128,6 +128,17 @@ pub struct KeepClient {
     options: ClientOptions,
 }
 
+/// What a read asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadKind {
+    /// GET, MD5 checked.
+    Get,
+    /// GET, size checked only ([`KeepClient::get_unchecked`]).
+    GetUnchecked,
+    /// HEAD.
+    Head,
+}
+
 /// What one read attempt produced.
 enum Read {
     Data(Bytes),
@@ -311,7 +322,31 @@ impl KeepClient {
             return Ok(Bytes::new());
         }
         let order = self.readable_order(&locator.hash());
-        match self.read_loop(locator, order, false).await? {
+        match self.read_loop(locator, order, ReadKind::Get).await? {
+            Read::Data(b) => Ok(b),
+            Read::Size(_) => Err(mixed_up()),
+        }
+    }
+
+    /// [`KeepClient::get`] without the client's MD5 check: the length is still checked,
+    /// and the servers still check (a keepstore verifies data while serving it, and
+    /// refuses a PUT whose body does not match its hash, §5). For copying a block to
+    /// Keep, where the receiving keepstore's check makes ours a second pass over the
+    /// same bytes; a caller must fall back to [`KeepClient::get`] when the receiver
+    /// rejects the data ([`Error::ContentRejected`]), which restores failover to a good
+    /// replica. MD5 was half of a copy's CPU (BENCHMARKS.md, S3).
+    ///
+    /// # Errors
+    /// As for [`KeepClient::get`], except [`Error::ChecksumMismatch`].
+    pub async fn get_unchecked(&self, locator: &Locator) -> Result<Bytes> {
+        if is_empty_block(locator) {
+            return Ok(Bytes::new());
+        }
+        let order = self.readable_order(&locator.hash());
+        match self
+            .read_loop(locator, order, ReadKind::GetUnchecked)
+            .await?
+        {
             Read::Data(b) => Ok(b),
             Read::Size(_) => Err(mixed_up()),
         }
@@ -326,7 +361,10 @@ impl KeepClient {
         if is_empty_block(locator) {
             return Ok(Bytes::new());
         }
-        match self.read_loop(locator, vec![service], false).await? {
+        match self
+            .read_loop(locator, vec![service], ReadKind::Get)
+            .await?
+        {
             Read::Data(b) => Ok(b),
             Read::Size(_) => Err(mixed_up()),
         }
@@ -342,7 +380,7 @@ impl KeepClient {
             return Ok(0);
         }
         let order = self.readable_order(&locator.hash());
-        match self.read_loop(locator, order, true).await? {
+        match self.read_loop(locator, order, ReadKind::Head).await? {
             Read::Size(n) => Ok(n),
             Read::Data(_) => Err(mixed_up()),
         }
@@ -352,7 +390,7 @@ impl KeepClient {
         &self,
         locator: &Locator,
         order: Vec<&KeepService>,
-        head: bool,
+        kind: ReadKind,
     ) -> Result<Read> {
         if order.is_empty() {
             return Err(Error::NoServices { kind: "readable" });
@@ -371,7 +409,7 @@ impl KeepClient {
             let mut retry = Vec::new();
             for i in to_try {
                 let svc = order[i];
-                match self.read_once(svc, locator, &reqid, head).await {
+                match self.read_once(svc, locator, &reqid, kind).await {
                     Ok(r) => return Ok(r),
                     Err(e) => {
                         tracing::debug!(block = %locator, service = %svc.uuid, attempt, error = %e, "read failed");
@@ -440,8 +478,9 @@ impl KeepClient {
         svc: &KeepService,
         locator: &Locator,
         reqid: &str,
-        head: bool,
+        kind: ReadKind,
     ) -> Result<Read> {
+        let head = kind == ReadKind::Head;
         // Reads send the full locator, hints and signature included (§8.3).
         let url = format!("{}/{}", svc.url, locator.to_wire());
         let method = if head {
@@ -501,7 +540,7 @@ impl KeepClient {
         let capacity = expected.or(content_length).unwrap_or(0).min(MAX_BLOCK_SIZE);
         let capacity = usize::try_from(capacity).unwrap_or(0);
         let mut buf = BytesMut::with_capacity(capacity);
-        let mut md5 = Md5::new();
+        let mut md5 = (kind == ReadKind::Get).then(Md5::new);
         while let Some(chunk) = resp
             .chunk()
             .await
@@ -510,7 +549,9 @@ impl KeepClient {
             if buf.len() as u64 + chunk.len() as u64 > limit {
                 return Err(size_mismatch(format!("received more than {limit} bytes")));
             }
-            md5.update(&chunk);
+            if let Some(md5) = &mut md5 {
+                md5.update(&chunk);
+            }
             buf.extend_from_slice(&chunk);
         }
         if let Some(want) = expected {
@@ -518,6 +559,9 @@ impl KeepClient {
                 return Err(size_mismatch(format!("received {} bytes", buf.len())));
             }
         }
+        let Some(md5) = md5 else {
+            return Ok(Read::Data(buf.freeze()));
+        };
         let got = BlockHash(md5.finalize().into());
         if got != locator.hash() {
             return Err(Error::ChecksumMismatch {
