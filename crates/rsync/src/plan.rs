@@ -200,12 +200,7 @@ impl PlanBuilder {
             return;
         };
         self.src_entries += 1;
-        let bucket = usize::from(hash.0[0]);
-        let off = &self.dst_offsets[bucket * 257..(bucket + 1) * 257];
-        let (lo, hi) = (
-            off[usize::from(hash.0[1])] as usize,
-            off[usize::from(hash.0[1]) + 1] as usize,
-        );
+        let (bucket, lo, hi) = self.dst_range(&hash.0);
         let holders = holders_mut(&mut self.dst[bucket][lo..hi], &hash.0, size);
         let count = holders.len();
         for e in holders {
@@ -239,15 +234,9 @@ impl PlanBuilder {
             }
             let mut touched = 0u32;
             for (hash, _) in &group[..n] {
-                let bucket = usize::from(hash.0[0]);
-                let o = bucket * 257 + usize::from(hash.0[1]);
-                let (lo, hi) = (
-                    self.dst_offsets[o] as usize,
-                    self.dst_offsets[o + 1] as usize,
-                );
+                let (bucket, lo, hi) = self.dst_range(&hash.0);
                 if lo < hi {
-                    let frac = u64::from_be_bytes(hash.0[2..10].try_into().expect("8 bytes"));
-                    let guess = lo + ((u128::from(frac) * (hi - lo) as u128) >> 64) as usize;
+                    let guess = lo + guess(&hash.0, 2, hi - lo);
                     touched = touched.wrapping_add(self.dst[bucket][guess].size);
                 }
             }
@@ -256,6 +245,18 @@ impl PlanBuilder {
                 self.add_src(hash, size);
             }
         }
+    }
+
+    /// The bucket of `hash`, and the range of it whose hashes share `hash`'s second
+    /// byte. Must follow [`PlanBuilder::finish_dst`].
+    fn dst_range(&self, hash: &[u8; 16]) -> (usize, usize, usize) {
+        let bucket = usize::from(hash[0]);
+        let o = bucket * 257 + usize::from(hash[1]);
+        (
+            bucket,
+            self.dst_offsets[o] as usize,
+            self.dst_offsets[o + 1] as usize,
+        )
     }
 
     /// Ends the source phase and returns the plan.
@@ -322,6 +323,13 @@ fn holders_mut<'a>(slice: &'a mut [DstEntry], hash: &[u8; 16], size: u32) -> &'a
     &mut slice[lo..hi]
 }
 
+/// Where `hash` should be among `n` sorted uniform hashes that share their first
+/// `fixed` bytes: the next 8 bytes, read as a fraction of `n` (always `< n`).
+fn guess(hash: &[u8; 16], fixed: usize, n: usize) -> usize {
+    let frac = u64::from_be_bytes(hash[fixed..fixed + 8].try_into().expect("8 bytes"));
+    ((u128::from(frac) * n as u128) >> 64) as usize
+}
+
 /// Where `hash+size` is in `sorted`, whose entries all share the first `fixed` bytes
 /// of the hash.
 ///
@@ -337,8 +345,7 @@ fn holder_range(sorted: &[DstEntry], fixed: usize, hash: &[u8; 16], size: u32) -
     }
     let k = key(hash, size);
     let below = |i: usize| key(&sorted[i].hash, sorted[i].size) < k;
-    let frac = u64::from_be_bytes(hash[fixed..fixed + 8].try_into().expect("8 bytes"));
-    let guess = ((u128::from(frac) * n as u128) >> 64) as usize;
+    let guess = guess(hash, fixed, n);
     // Find lo..hi with every entry before lo below k and none from hi on.
     let (mut lo, mut hi);
     if below(guess) {
