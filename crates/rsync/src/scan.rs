@@ -64,11 +64,16 @@ impl Planner {
     }
 
     fn send(&self, msg: Msg) {
+        // An error means the thread is gone (it panicked); `finish` reports that.
+        let msg = match self.tx.try_send(msg) {
+            Err(mpsc::TrySendError::Full(msg)) => msg,
+            Ok(()) | Err(mpsc::TrySendError::Disconnected(_)) => return,
+        };
         // A full queue means the planner is behind: wait for it. On the multi-thread
-        // runtime, tell tokio this worker blocks so its other tasks move elsewhere.
+        // runtime, tell tokio this worker blocks so its other tasks move elsewhere
+        // (only then: handing the worker over costs more than a send).
         let multi = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        // An error means the thread is gone (it panicked); `finish` reports that.
         let send = || drop(self.tx.send(msg));
         if multi {
             tokio::task::block_in_place(send);
@@ -96,7 +101,7 @@ impl Planner {
     }
 }
 
-/// Reads every index of `cluster` (restricted to `prefix`) into `builder`: destination
+/// Reads every index of `cluster` (restricted to `prefix`) into `planner`: destination
 /// entries with the service number, source entries without.
 ///
 /// An incomplete, malformed or refused index fails the whole scan: a short index would
