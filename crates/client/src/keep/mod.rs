@@ -318,14 +318,7 @@ impl KeepClient {
     /// when every service refused the signature or token (or said 404);
     /// [`Error::ReadFailed`] otherwise, with each service's last failure.
     pub async fn get(&self, locator: &Locator) -> Result<Bytes> {
-        if is_empty_block(locator) {
-            return Ok(Bytes::new());
-        }
-        let order = self.readable_order(&locator.hash());
-        match self.read_loop(locator, order, ReadKind::Get).await? {
-            Read::Data(b) => Ok(b),
-            Read::Size(_) => Err(mixed_up()),
-        }
+        self.get_in_probe_order(locator, ReadKind::Get).await
     }
 
     /// [`KeepClient::get`] without the client's MD5 check: the length is still checked,
@@ -339,14 +332,16 @@ impl KeepClient {
     /// # Errors
     /// As for [`KeepClient::get`], except [`Error::ChecksumMismatch`].
     pub async fn get_unchecked(&self, locator: &Locator) -> Result<Bytes> {
+        self.get_in_probe_order(locator, ReadKind::GetUnchecked)
+            .await
+    }
+
+    async fn get_in_probe_order(&self, locator: &Locator, kind: ReadKind) -> Result<Bytes> {
         if is_empty_block(locator) {
             return Ok(Bytes::new());
         }
         let order = self.readable_order(&locator.hash());
-        match self
-            .read_loop(locator, order, ReadKind::GetUnchecked)
-            .await?
-        {
+        match self.read_loop(locator, order, kind).await? {
             Read::Data(b) => Ok(b),
             Read::Size(_) => Err(mixed_up()),
         }
