@@ -55,6 +55,12 @@ fn signature_of(l: &Locator) -> String {
     wire[i + 2..i + 42].to_owned()
 }
 
+/// The probe order of `hash` over `n` mock services, as indexes into the mock list.
+fn probe(hash: &BlockHash, n: usize) -> Vec<usize> {
+    let uuids: Vec<String> = (0..n).map(crate::mock::uuid).collect();
+    keep_client::rendezvous::probe_order(hash, &uuids)
+}
+
 /// Index into the mock list of a service (`zzzzz-bi6l4-<15 hex>`).
 fn idx(s: &KeepService) -> usize {
     usize::from_str_radix(&s.uuid[12..], 16).unwrap()
@@ -118,12 +124,7 @@ async fn get_retries_then_succeeds() {
 async fn get_fails_over_on_checksum_mismatch() {
     let data = Bytes::from_static(b"the real data");
     let loc = signed(&data);
-    let c_probe = client(servers(3, |_| keepstore()).await.1);
-    let order: Vec<usize> = c_probe
-        .readable_order(&loc.hash())
-        .iter()
-        .map(|s| idx(s))
-        .collect();
+    let order = probe(&loc.hash(), 3);
     let first = order[0];
     let d = data.clone();
     let (mocks, services) = servers(3, |i| {
@@ -159,12 +160,7 @@ async fn get_fails_over_on_checksum_mismatch() {
 async fn get_unchecked_checks_only_the_length() {
     let data = Bytes::from_static(b"the real data");
     let loc = signed(&data);
-    let c_probe = client(servers(3, |_| keepstore()).await.1);
-    let order: Vec<usize> = c_probe
-        .readable_order(&loc.hash())
-        .iter()
-        .map(|s| idx(s))
-        .collect();
+    let order = probe(&loc.hash(), 3);
     let (first, second) = (order[0], order[1]);
     let d = data.clone();
     let (mocks, services) = servers(3, |i| {
@@ -327,11 +323,7 @@ async fn put_goes_to_first_r_writable_services_in_probe_order() {
     let hash = BlockHash::of(&data);
     let (mocks, mut services) = servers(5, |_| keepstore()).await;
     // Make the first service in probe order read-only: it must be skipped.
-    let probe: Vec<usize> = client(services.clone())
-        .readable_order(&hash)
-        .iter()
-        .map(|s| idx(s))
-        .collect();
+    let probe = probe(&hash, 5);
     services[probe[0]].read_only = true;
     let c = client(services);
     let want: Vec<usize> = c.writable_order(&hash).iter().map(|s| idx(s)).collect();
@@ -374,11 +366,7 @@ async fn put_goes_to_first_r_writable_services_in_probe_order() {
 async fn put_fails_over_and_reports_insufficient_replicas() {
     let data = Bytes::from_static(b"some block");
     let hash = BlockHash::of(&data);
-    let probe: Vec<usize> = client(servers(3, |_| keepstore()).await.1)
-        .readable_order(&hash)
-        .iter()
-        .map(|s| idx(s))
-        .collect();
+    let probe = probe(&hash, 3);
     // First in probe order: full (507, not retried); second: 500 (retried every
     // pass); third: fine.
     let (mocks, services) = servers(3, |i| {

@@ -296,6 +296,11 @@ pub(crate) fn keepstore() -> impl FnMut(&Request) -> Reply + Send + 'static {
 
 /// `n` servers with uuids `zzzzz-bi6l4-00000000000000<i>` (hex digit), each answering
 /// with `handler(i)`.
+/// The uuid of mock service `i` (what [`servers`] gives it).
+pub(crate) fn uuid(i: usize) -> String {
+    format!("zzzzz-bi6l4-{i:015x}")
+}
+
 pub(crate) async fn servers<H>(
     n: usize,
     mut handler: impl FnMut(usize) -> H,
@@ -308,7 +313,7 @@ where
     for i in 0..n {
         let m = MockServer::start(handler(i)).await;
         services.push(KeepService {
-            uuid: format!("zzzzz-bi6l4-{i:015x}"),
+            uuid: uuid(i),
             url: m.url.clone(),
             service_type: ServiceType::Disk,
             read_only: false,
