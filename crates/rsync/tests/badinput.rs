@@ -6,7 +6,9 @@
 //! The tests run as root, so a `chmod 000` file would still be readable: the
 //! "unreadable settings file" case uses a directory instead.
 
-use crate::util::{Pair, assert_tokens_isolated, block, count_requests, figure, run_env};
+use crate::util::{
+    Pair, assert_tokens_isolated, block, count_requests, figure, run_env, with_setting,
+};
 
 struct Case {
     what: &'static str,
@@ -37,19 +39,7 @@ async fn more_bad_input_is_one_line_exit_2() {
     let src = p.src_conf.display().to_string();
     let dst = p.dst_conf.display().to_string();
     let src_text = std::fs::read_to_string(&p.src_conf).unwrap();
-    let with_line = |key: &str, value: &str| -> String {
-        src_text
-            .lines()
-            .map(|l| {
-                if l.starts_with(&format!("{key}=")) {
-                    format!("{key}={value}")
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let with_line = |key: &str, value: &str| with_setting(&src_text, key, value);
     let without = |key: &str| -> String {
         src_text
             .lines()

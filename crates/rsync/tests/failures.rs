@@ -2,7 +2,7 @@
 
 use keep_client::{BlockHash, rendezvous::probe_order};
 
-use crate::util::{Pair, block, block_puts, holdings, run};
+use crate::util::{Pair, block, block_puts, holdings, run, with_setting};
 
 /// A block whose every source replica is corrupt fails; the others are copied; the
 /// report counts it, --failed-list lists it, exit 1; nothing corrupt is written.
@@ -93,17 +93,11 @@ async fn wrong_signing_key_stops_early() {
         p.src.put_block(&block("key", i, 100), 1).await.unwrap();
     }
     let text = std::fs::read_to_string(&p.src_conf).unwrap();
-    let wrong: String = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("ARVADOS_BLOB_SIGNING_KEY=") {
-                "ARVADOS_BLOB_SIGNING_KEY=thisisnotthekey0123456789".to_string()
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let wrong = with_setting(
+        &text,
+        "ARVADOS_BLOB_SIGNING_KEY",
+        "thisisnotthekey0123456789",
+    );
     std::fs::write(&p.src_conf, wrong).unwrap();
     let r = p.rsync(&[]).await;
     r.assert_code(2);

@@ -5,7 +5,7 @@ use keep_client::BlockHash;
 
 use crate::util::{
     Pair, args, assert_no_secrets, assert_tokens_isolated, block, builder, figure, holdings,
-    run_env,
+    run_env, with_setting,
 };
 
 /// With `ARVADOS_API_HOST_INSECURE=false`, a self-signed certificate is refused (one
@@ -172,17 +172,7 @@ async fn no_secret_at_trace_level_on_any_path() {
         ("ARVADOS_BLOB_SIGNING_KEY", wrong_key),
     ] {
         let conf = p.dir.path().join("wrong.conf");
-        let t: Vec<String> = text
-            .lines()
-            .map(|l| {
-                if l.starts_with(&format!("{k}=")) {
-                    format!("{k}={v}")
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect();
-        std::fs::write(&conf, t.join("\n")).unwrap();
+        std::fs::write(&conf, with_setting(&text, k, v)).unwrap();
         let a: Vec<String> = [
             "-src",
             conf.to_str().unwrap(),

@@ -196,6 +196,20 @@ impl Rng {
     }
 }
 
+/// A settings file's text with `key`'s line set to `value` (other lines unchanged).
+pub(crate) fn with_setting(text: &str, key: &str, value: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.starts_with(&format!("{key}=")) {
+                format!("{key}={value}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Records one line of the reliability figures: printed (see `--nocapture`) and,
 /// when `KEEP_RSYNC_FIGURES` names a file, appended to it for the summary table.
 pub(crate) fn figure(scenario: &str, tried: &str, held: &str) {
