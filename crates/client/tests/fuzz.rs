@@ -18,6 +18,7 @@ use keep_client::signing::{SignatureFormat, sign, verify};
 use keep_client::{
     BlockHash, ClusterSettings, IndexEntry, Locator, MAX_BLOCK_SIZE, SigningKey, Token,
 };
+use keep_testcluster::report_figure as figure;
 
 struct Rng(u64);
 
@@ -63,23 +64,6 @@ fn setup(name: &str) -> (Rng, u64, Instant, Duration) {
         Instant::now(),
         Duration::from_secs(secs),
     )
-}
-
-/// Prints a figure line and, when `KEEP_RSYNC_FIGURES` names a file, appends it
-/// there (for `scripts/reliability`'s table).
-fn figure(scenario: &str, tried: &str, held: &str) {
-    let line = format!("{scenario}\t{tried}\t{held}");
-    println!("FIGURE\t{line}");
-    if let Ok(path) = std::env::var("KEEP_RSYNC_FIGURES") {
-        use std::io::Write as _;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "{line}");
-        }
-    }
 }
 
 /// Characters that matter to the parsers, and a few that do not.

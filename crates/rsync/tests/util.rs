@@ -210,22 +210,7 @@ pub(crate) fn with_setting(text: &str, key: &str, value: &str) -> String {
         .join("\n")
 }
 
-/// Records one line of the reliability figures: printed (see `--nocapture`) and,
-/// when `KEEP_RSYNC_FIGURES` names a file, appended to it for the summary table.
-pub(crate) fn figure(scenario: &str, tried: &str, held: &str) {
-    let line = format!("{scenario}\t{tried}\t{held}");
-    println!("FIGURE\t{line}");
-    if let Ok(path) = std::env::var("KEEP_RSYNC_FIGURES") {
-        use std::io::Write as _;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "{line}");
-        }
-    }
-}
+pub(crate) use keep_testcluster::report_figure as figure;
 
 /// Runs the binary with extra environment variables.
 pub(crate) async fn run_env(args: &[String], env: &[(&str, &str)]) -> Run {

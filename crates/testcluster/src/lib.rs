@@ -58,6 +58,25 @@ use keepstore::Keepstore;
 use server::Service;
 use volume::{Kind, Volume};
 
+/// Records one line of the workspace's reliability figures, for test suites that use
+/// this cluster: printed as `FIGURE\t<scenario>\t<tried>\t<held>` (see `--nocapture`)
+/// and, when `KEEP_RSYNC_FIGURES` names a file, appended to it for the summary table
+/// that `scripts/reliability` prints.
+pub fn report_figure(scenario: &str, tried: &str, held: &str) {
+    let line = format!("{scenario}\t{tried}\t{held}");
+    println!("FIGURE\t{line}");
+    if let Ok(path) = std::env::var("KEEP_RSYNC_FIGURES") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
 /// The default `BlobSigningTTL`: 336h (§3.1).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(1_209_600);
 
