@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use keep_client::Locator;
 use keep_testcluster::{TestCluster, token_digest_of};
 
-use crate::util::{http, sb};
+use crate::util::{get_as, http, sb};
 
 const FOO: &str = "acbd18db4cc2f85cedef654fccc4a4d8";
 
@@ -107,30 +107,18 @@ async fn burst_rate_method_latency() {
 
     // Truncated index: no blank line at the end.
     f.set_truncate_index(true);
-    let body = http()
-        .get(format!("{url}/index"))
-        .bearer_auth(c.system_root_token())
-        .send()
+    let body = get_as(format!("{url}/index"), c.system_root_token())
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .1;
     assert_eq!(body, format!("{}\n", body.trim_end()));
     assert!(!body.ends_with("\n\n"));
     f.clear();
 
     // Malformed index: one bad line, then the end marker as usual.
     f.set_malformed_index(true);
-    let body = http()
-        .get(format!("{url}/index"))
-        .bearer_auth(c.system_root_token())
-        .send()
+    let body = get_as(format!("{url}/index"), c.system_root_token())
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .1;
     assert!(
         body.ends_with(&format!("{}\n\n", keep_testcluster::MALFORMED_INDEX_LINE)),
         "{body}"

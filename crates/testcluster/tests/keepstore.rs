@@ -335,15 +335,7 @@ async fn index_admin_and_format() {
     let (from, to) = if a.join(FOO).exists() { (a, b) } else { (b, a) };
     std::fs::create_dir_all(&to).unwrap();
     std::fs::copy(from.join(FOO), to.join(FOO)).unwrap();
-    let body = http()
-        .get(format!("{}/index/acb", ks.url))
-        .bearer_auth(root)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = get_as(format!("{}/index/acb", ks.url), root).await.1;
     let lines: Vec<&str> = body.lines().filter(|l| !l.is_empty()).collect();
     assert_eq!(lines.len(), 2, "{body:?}");
     assert!(body.ends_with("\n\n"));
@@ -452,15 +444,7 @@ async fn index_admin_and_format() {
         .send()
         .await
         .unwrap();
-    let body = http()
-        .get(format!("{}/index", ks.url))
-        .bearer_auth(root)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = get_as(format!("{}/index", ks.url), root).await.1;
     let t2 = max_mtime(&body);
     assert!(t2 > t, "touched: {t2} > {t}");
     // TOUCH needs admin.
@@ -646,15 +630,9 @@ async fn synthetic_volume_lists_and_serves() {
         .await
         .unwrap();
     let ks = &c.keepstores()[0];
-    let body = http()
-        .get(format!("{}/index", ks.url))
-        .bearer_auth(c.system_root_token())
-        .send()
+    let body = get_as(format!("{}/index", ks.url), c.system_root_token())
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .1;
     assert!(body.ends_with("\n\n"));
     let locs: Vec<&str> = body
         .lines()
@@ -703,15 +681,9 @@ async fn legacy_signatures_and_seconds() {
         keep_client::SignatureFormat::Legacy,
     );
     assert!(signed.contains(&want));
-    let body = http()
-        .get(format!("{}/index", ks.url))
-        .bearer_auth(c.system_root_token())
-        .send()
+    let body = get_as(format!("{}/index", ks.url), c.system_root_token())
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .1;
     let t: i64 = body
         .lines()
         .next()

@@ -3,7 +3,7 @@
 use keep_client::{BlockHash, Locator};
 use keep_testcluster::TestCluster;
 
-use crate::util::{http, https, sb};
+use crate::util::{get_as, http, https, sb};
 
 #[tokio::test]
 async fn proxy_put_get_index() {
@@ -120,15 +120,9 @@ async fn proxy_put_get_index() {
     assert!(failed_put);
 
     // Index: SystemRootToken, concatenated, duplicates kept.
-    let body = http()
-        .get(format!("{purl}/index"))
-        .bearer_auth(c.system_root_token())
-        .send()
+    let body = get_as(format!("{purl}/index"), c.system_root_token())
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .1;
     assert!(body.ends_with("\n\n"));
     assert_eq!(
         body.lines()
@@ -146,15 +140,9 @@ async fn proxy_put_get_index() {
     assert_eq!(sb(r).await, (405, String::new()));
     // The proxy's own faults.
     c.faults("proxy").unwrap().set_truncate_index(true);
-    let body = http()
-        .get(format!("{purl}/index"))
-        .bearer_auth(c.system_root_token())
-        .send()
+    let body = get_as(format!("{purl}/index"), c.system_root_token())
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .1;
     assert!(!body.ends_with("\n\n") && body.ends_with('\n'));
 }
 
