@@ -1,8 +1,8 @@
 //! The original tool's cases, placement, checkpointing, dry-run, verify, secrets.
 
-use keep_client::{BlockHash, rendezvous::probe_order};
+use keep_client::BlockHash;
 
-use crate::util::{Pair, block, block_puts, builder};
+use crate::util::{Pair, block, block_puts, builder, probe};
 
 /// 5 blocks on the source, 2 of them and 2 others on the destination: afterwards the
 /// destination holds all 7, the 2 extra untouched, each copied block on the first R
@@ -42,10 +42,9 @@ async fn original_case_placement_and_second_run() {
         let h = BlockHash::of(b);
         assert_eq!(after[&h], before[&h], "extra block untouched");
     }
-    let uuids: Vec<String> = p.dst.keepstores().iter().map(|k| k.uuid.clone()).collect();
     for b in &src_blocks[2..] {
         let h = BlockHash::of(b);
-        let mut want: Vec<usize> = probe_order(&h, &uuids).into_iter().take(2).collect();
+        let mut want: Vec<usize> = probe(&p.dst, &h).into_iter().take(2).collect();
         want.sort();
         let mut got = after[&h].clone();
         got.sort();

@@ -1,8 +1,8 @@
 //! Failures: recorded and survived, or (when systematic or fatal) a clear exit 2.
 
-use keep_client::{BlockHash, rendezvous::probe_order};
+use keep_client::BlockHash;
 
-use crate::util::{Pair, block, block_puts, holdings, run, with_setting};
+use crate::util::{Pair, block, block_puts, holdings, probe, run, with_setting};
 
 /// A block whose every source replica is corrupt fails; the others are copied; the
 /// report counts it, --failed-list lists it, exit 1; nothing corrupt is written.
@@ -64,9 +64,8 @@ async fn corrupted_in_transit_is_refused_and_read_again() {
     p.src.put_block(&b, 2).await.unwrap();
     let h = BlockHash::of(&b);
     // The replica the copy reads first: the first holder in probe order.
-    let uuids: Vec<String> = p.src.keepstores().iter().map(|k| k.uuid.clone()).collect();
     let holders = holdings(&p.src).await[&h].clone();
-    let first = probe_order(&h, &uuids)
+    let first = probe(&p.src, &h)
         .into_iter()
         .find(|i| holders.contains(i))
         .unwrap();

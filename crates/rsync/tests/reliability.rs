@@ -6,12 +6,12 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use keep_client::{BlockHash, rendezvous::probe_order};
+use keep_client::BlockHash;
 use keep_testcluster::MALFORMED_INDEX_LINE;
 
 use crate::util::{
     Pair, Rng, args, assert_all_copied, assert_no_block_sent_twice, assert_tokens_isolated, block,
-    block_puts, builder, count_requests, figure, full, holdings, seed,
+    block_puts, builder, count_requests, figure, full, holdings, probe, seed,
 };
 
 fn ks(c: &keep_testcluster::TestCluster, i: usize) -> keep_testcluster::FaultHandle {
@@ -365,8 +365,7 @@ fn expected_places(
     skip: &[usize],
     n: usize,
 ) -> Vec<usize> {
-    let uuids: Vec<String> = c.keepstores().iter().map(|k| k.uuid.clone()).collect();
-    let mut v: Vec<usize> = probe_order(h, &uuids)
+    let mut v: Vec<usize> = probe(c, h)
         .into_iter()
         .filter(|i| !skip.contains(i))
         .take(n)
@@ -377,13 +376,12 @@ fn expected_places(
 
 async fn assert_placed_skipping(p: &Pair, skip: &[usize]) -> usize {
     let held = p.dst_holdings().await;
-    let uuids: Vec<String> = p.dst.keepstores().iter().map(|k| k.uuid.clone()).collect();
     let mut past = 0;
     for (h, got) in &held {
         let mut got = got.clone();
         got.sort_unstable();
         assert_eq!(got, expected_places(&p.dst, h, skip, 2), "placement of {h}");
-        if probe_order(h, &uuids)
+        if probe(&p.dst, h)
             .into_iter()
             .take(2)
             .any(|i| skip.contains(&i))

@@ -196,6 +196,12 @@ impl Rng {
     }
 }
 
+/// `c`'s keepstores (indexes into `c.keepstores()`) in the probe order of `h`.
+pub(crate) fn probe(c: &TestCluster, h: &BlockHash) -> Vec<usize> {
+    let uuids: Vec<String> = c.keepstores().iter().map(|k| k.uuid.clone()).collect();
+    keep_client::rendezvous::probe_order(h, &uuids)
+}
+
 /// A settings file's text with `key`'s line set to `value` (other lines unchanged).
 pub(crate) fn with_setting(text: &str, key: &str, value: &str) -> String {
     text.lines()
