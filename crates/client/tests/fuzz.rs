@@ -40,15 +40,7 @@ impl Rng {
 
 /// The seed, the iteration count and the time limit of a property.
 fn setup(name: &str) -> (Rng, u64, Instant, Duration) {
-    let seed = std::env::var("KEEP_RSYNC_SEED")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                % 1_000_000_007
-        });
+    let seed = keep_testcluster::test_seed();
     let iters = std::env::var("KEEP_FUZZ_ITERS")
         .ok()
         .and_then(|v| v.parse().ok())

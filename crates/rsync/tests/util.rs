@@ -156,15 +156,7 @@ pub(crate) fn block_puts(c: &TestCluster) -> Vec<(String, String)> {
 /// The seed of a seeded test: `KEEP_RSYNC_SEED` if set, else from the clock. Printed
 /// (shown by the harness when the test fails) so that a failure can be replayed.
 pub(crate) fn seed(test: &str) -> u64 {
-    let s = std::env::var("KEEP_RSYNC_SEED")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                % 1_000_000_007
-        });
+    let s = keep_testcluster::test_seed();
     println!("{test}: KEEP_RSYNC_SEED={s}");
     s
 }

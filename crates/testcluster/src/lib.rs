@@ -58,6 +58,20 @@ use keepstore::Keepstore;
 use server::Service;
 use volume::{Kind, Volume};
 
+/// The seed for a seeded test of this workspace: `KEEP_RSYNC_SEED` if set, else taken
+/// from the clock. The caller prints it, so that a failure can be replayed.
+pub fn test_seed() -> u64 {
+    std::env::var("KEEP_RSYNC_SEED")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                % 1_000_000_007
+        })
+}
+
 /// Records one line of the workspace's reliability figures, for test suites that use
 /// this cluster: printed as `FIGURE\t<scenario>\t<tried>\t<held>` (see `--nocapture`)
 /// and, when `KEEP_RSYNC_FIGURES` names a file, appended to it for the summary table
