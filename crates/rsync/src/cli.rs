@@ -110,11 +110,19 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub dst_blob_signing_key_file: Option<PathBuf>,
 
-    /// Blocks copied at once. Reads of some blocks overlap writes of others; memory in
-    /// flight stays below concurrency x 64 MiB (2 GiB at the default; lower it for
-    /// small hosts). 32 measured best with 20 ms per request (BENCHMARKS.md).
+    /// Blocks copied at once. Reads of some blocks overlap writes of others. 32
+    /// measured best with 20 ms per request (BENCHMARKS.md). Memory is bounded
+    /// separately, by --max-buffer-memory.
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub concurrency: usize,
+
+    /// Most block data held in memory at once, summed over the copies in flight
+    /// (suffixes K, M, G; powers of 1024). A copy waits for room before it reads; a
+    /// block larger than this is copied alone. The default holds sixteen 64 MiB blocks,
+    /// which copied full blocks as fast as 32 did (BENCHMARKS.md, S3); small blocks
+    /// never reach it.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
+    pub max_buffer_memory: u64,
 
     /// Index and plan only: print what would be copied, per leading hex digit. Writes
     /// nothing.
@@ -256,18 +264,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Parses a byte rate: `1048576`, `512K`, `10M`, `1G` (powers of 1024), with an
 /// optional trailing `B` or `/s`.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
-    let t = s.trim().trim_end_matches("/s").trim_end_matches(['B', 'b']);
+    parse_bytes(
+        s,
+        s.trim().trim_end_matches("/s"),
+        "a rate (e.g. 50M for 50 MiB/s)",
+    )
+}
+
+/// Parses an amount of memory: `1048576`, `512K`, `512M`, `1G` (powers of 1024), with
+/// an optional trailing `B`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    parse_bytes(s, s.trim(), "a size (e.g. 512M)")
+}
+
+/// `t` (the trimmed `s`) as a positive number of bytes with an optional K/M/G suffix;
+/// errors name `s` and say it is not `what`.
+fn parse_bytes(s: &str, t: &str, what: &str) -> Result<u64, String> {
+    let t = t.trim_end_matches(['B', 'b']);
     let (num, mult) = match t.chars().last() {
         Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
         Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
         Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
         _ => (t, 1),
     };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a rate (e.g. 50M for 50 MiB/s)"))?;
-    if n.is_nan() || n <= 0.0 || !n.is_finite() {
-        return Err(format!("'{s}': the rate must be positive"));
+    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not {what}"))?;
+    if n.is_nan() || n < 1.0 || !n.is_finite() {
+        return Err(format!("'{s}': must be positive, at least 1 byte"));
     }
     Ok((n * mult as f64) as u64)
 }
@@ -363,5 +385,9 @@ mod tests {
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("0").is_err());
         assert!(parse_rate("-5M").is_err());
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("640MB").unwrap(), 640 << 20);
+        assert!(parse_size("5M/s").is_err());
+        assert!(parse_size("0.5").is_err());
     }
 }

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt as _;
 use keep_client::{Locator, SignatureFormat, signing};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
@@ -55,6 +56,8 @@ enum Outcome {
 pub struct CopyOptions {
     /// Blocks in flight at once.
     pub concurrency: usize,
+    /// Most block bytes held at once (`--max-buffer-memory`).
+    pub buffer_memory: u64,
     /// Destination replication level.
     pub replicas: usize,
     /// `--bwlimit`.
@@ -72,12 +75,40 @@ pub enum Stop {
     Systematic(String),
 }
 
+/// Room for block data in memory: one permit per byte, so that 64 MiB blocks cannot
+/// hold concurrency x 64 MiB while small blocks still run at full concurrency.
+struct BufferRoom {
+    permits: Semaphore,
+    /// The most one block takes: a block larger than the whole budget runs alone.
+    cap: u64,
+}
+
+impl BufferRoom {
+    fn new(bytes: u64) -> BufferRoom {
+        let cap = bytes.clamp(1, Semaphore::MAX_PERMITS as u64);
+        BufferRoom {
+            permits: Semaphore::new(cap as usize),
+            cap,
+        }
+    }
+
+    /// Waits for room for `size` bytes; the room is given back when the permit drops.
+    async fn reserve(&self, size: u64) -> tokio::sync::SemaphorePermit<'_> {
+        let n = u32::try_from(size.min(self.cap)).unwrap_or(u32::MAX);
+        self.permits
+            .acquire_many(n)
+            .await
+            .expect("the semaphore is never closed")
+    }
+}
+
 async fn copy_one(
     src: &Cluster,
     dst: &Cluster,
     plan: &Plan,
     todo: Todo,
     opts: &CopyOptions,
+    room: &BufferRoom,
 ) -> Outcome {
     let loc = todo.locator();
     let fail = |reason: &str, e: &keep_client::Error| {
@@ -96,6 +127,8 @@ async fn copy_one(
     let proxy = dst.client.has_proxy();
     let holders = if proxy { Vec::new() } else { holders };
     let need = opts.replicas.saturating_sub(holders.len()).max(1);
+    // Held until the block is written (or given up): the read buffer lives that long.
+    let _room = room.reserve(todo.size()).await;
     if let Some(l) = &opts.limiter {
         l.acquire(todo.size()).await;
     }
@@ -159,10 +192,12 @@ pub async fn run(
     let any_success = AtomicBool::new(false);
     let early: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let halt = stop.child_token();
+    let room = BufferRoom::new(opts.buffer_memory);
+    let room = &room;
 
     let work = futures::stream::iter(plan.todo())
         .take_while(|_| futures::future::ready(!halt.is_cancelled()))
-        .map(|todo| async move { (todo, copy_one(src, dst, plan, todo, opts).await) })
+        .map(|todo| async move { (todo, copy_one(src, dst, plan, todo, opts, room).await) })
         .buffer_unordered(opts.concurrency.max(1));
     futures::pin_mut!(work);
     while let Some((todo, outcome)) = work.next().await {

@@ -234,6 +234,7 @@ async fn run_inner(cli: Cli) -> Result<u8> {
         progress.start_copy(s.to_copy.blocks, s.to_copy.bytes);
         let opts = copy::CopyOptions {
             concurrency: cli.concurrency,
+            buffer_memory: cli.max_buffer_memory,
             replicas,
             limiter: cli.bwlimit.map(limit::RateLimiter::new),
             skip_dst: dst_down,

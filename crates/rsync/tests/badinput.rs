@@ -311,6 +311,13 @@ async fn more_bad_input_is_one_line_exit_2() {
             needle: "positive".into(),
             inject: None,
         },
+        Case {
+            what: "max-buffer-memory not a size",
+            args: with(&["--max-buffer-memory", "lots"]),
+            env: vec![],
+            needle: "not a size".into(),
+            inject: None,
+        },
     ];
     let n = cases.len();
     for c in &cases {

@@ -288,6 +288,31 @@ async fn source_concurrency_cap() {
     );
 }
 
+/// `--max-buffer-memory` of one block at concurrency 16: the copies go one at a time,
+/// so source keepstores that answer 503 beyond one concurrent request never do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffer_memory_bounds_the_blocks_in_flight() {
+    let p = Pair::new().await;
+    for i in 0..24 {
+        p.src.put_block(&block("room", i, 20_000), 1).await.unwrap();
+    }
+    for i in 0..3 {
+        ks(&p.src, i).set_max_concurrent(Some(1));
+        ks(&p.src, i).set_latency(Duration::from_millis(20));
+    }
+    p.rsync(&["--concurrency", "16", "--max-buffer-memory", "20000"])
+        .await
+        .assert_code(0);
+    assert_all_copied(&p, 2).await;
+    let n503 = count_requests(&p.src, |r| r.status == 503);
+    assert_eq!(n503, 0, "a source keepstore saw two reads at once");
+    figure(
+        "--max-buffer-memory of one block",
+        "24 blocks of 20,000 B at concurrency 16; sources refuse a 2nd concurrent request",
+        "all copied one at a time, 0 source 503s, exit 0",
+    );
+}
+
 /// 200 ms added to every source request (controller and keepstores): completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_latency_200ms() {
