@@ -116,11 +116,11 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub concurrency: usize,
 
-    /// Most block data held in memory at once, summed over the copies in flight
-    /// (suffixes K, M, G; powers of 1024). A copy waits for room before it reads; a
-    /// block larger than this is copied alone. The default holds sixteen 64 MiB blocks,
-    /// which copied full blocks as fast as 32 did (BENCHMARKS.md, S3); small blocks
-    /// never reach it.
+    /// Most block data held in memory at once, summed over the copies (or
+    /// --verify-data reads) in flight (suffixes K, M, G; powers of 1024). A copy waits
+    /// for room before it reads; a block larger than this is copied alone. The default
+    /// holds sixteen 64 MiB blocks, which copied full blocks as fast as 32 did
+    /// (BENCHMARKS.md, S3); small blocks never reach it.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
     pub max_buffer_memory: u64,
 

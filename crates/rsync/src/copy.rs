@@ -8,11 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt as _;
 use keep_client::{Locator, SignatureFormat, signing};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
-use crate::limit::RateLimiter;
+use crate::limit::{BufferRoom, RateLimiter};
 use crate::plan::{Plan, Todo};
 use crate::progress::Progress;
 use crate::report::{Failure, Report};
@@ -73,33 +72,6 @@ pub enum Stop {
     Finished,
     /// Every early attempt failed the same permanent way; the message says why.
     Systematic(String),
-}
-
-/// Room for block data in memory: one permit per byte, so that 64 MiB blocks cannot
-/// hold concurrency x 64 MiB while small blocks still run at full concurrency.
-struct BufferRoom {
-    permits: Semaphore,
-    /// The most one block takes: a block larger than the whole budget runs alone.
-    cap: u64,
-}
-
-impl BufferRoom {
-    fn new(bytes: u64) -> BufferRoom {
-        let cap = bytes.clamp(1, Semaphore::MAX_PERMITS as u64);
-        BufferRoom {
-            permits: Semaphore::new(cap as usize),
-            cap,
-        }
-    }
-
-    /// Waits for room for `size` bytes; the room is given back when the permit drops.
-    async fn reserve(&self, size: u64) -> tokio::sync::SemaphorePermit<'_> {
-        let n = u32::try_from(size.min(self.cap)).unwrap_or(u32::MAX);
-        self.permits
-            .acquire_many(n)
-            .await
-            .expect("the semaphore is never closed")
-    }
 }
 
 async fn copy_one(

@@ -223,8 +223,11 @@ async fn run_inner(cli: Cli) -> Result<u8> {
         verify::run(
             &dst,
             &plan,
-            cli.verify_data,
-            cli.concurrency,
+            verify::VerifyOptions {
+                data: cli.verify_data,
+                concurrency: cli.concurrency,
+                buffer_memory: cli.max_buffer_memory,
+            },
             &progress,
             &stop,
             &mut report,

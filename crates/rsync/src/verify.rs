@@ -9,16 +9,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
 use crate::copy::signed_for_read;
+use crate::limit::BufferRoom;
 use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::report::{Failure, Report};
 
-/// Fills `report` with every missing, under-replicated or (with `data`) corrupt block.
+/// Settings of a verification.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyOptions {
+    /// `--verify-data`: read every destination copy and check its MD5.
+    pub data: bool,
+    /// Reads in flight at once.
+    pub concurrency: usize,
+    /// Most block bytes held at once (`--max-buffer-memory`).
+    pub buffer_memory: u64,
+}
+
+/// Fills `report` with every missing, under-replicated or (with `opts.data`) corrupt
+/// block.
 pub async fn run(
     dst: &Cluster,
     plan: &Plan,
-    data: bool,
-    concurrency: usize,
+    opts: VerifyOptions,
     progress: &Progress,
     stop: &CancellationToken,
     report: &mut Report,
@@ -46,16 +58,18 @@ pub async fn run(
             todo.size(),
         );
     }
-    if !data {
+    if !opts.data {
         return;
     }
     let services = dst.client.services();
     let verified = AtomicU64::new(0);
+    let room = BufferRoom::new(opts.buffer_memory);
     let checks = futures::stream::iter(plan.dst_copies_of_src_blocks())
         .take_while(|_| futures::future::ready(!stop.is_cancelled()))
         .map(|(todo, svc)| {
-            let verified = &verified;
+            let (verified, room) = (&verified, &room);
             async move {
+                let _room = room.reserve(todo.size()).await;
                 let service = &services[usize::from(svc)];
                 let loc = signed_for_read(dst, &todo.locator());
                 match dst.client.get_from(service, &loc).await {
@@ -74,7 +88,7 @@ pub async fn run(
                 }
             }
         })
-        .buffer_unordered(concurrency.max(1));
+        .buffer_unordered(opts.concurrency.max(1));
     futures::pin_mut!(checks);
     let mut progress_count = 0u64;
     while let Some(r) = checks.next().await {
