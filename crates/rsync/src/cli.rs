@@ -110,11 +110,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub dst_blob_signing_key_file: Option<PathBuf>,
 
-    /// Blocks copied at once. Reads of some blocks overlap writes of others. With 20 ms
-    /// per request, 64 copied 1.8x faster than 32 (BENCHMARKS.md); it is also a
-    /// keepstore's default MaxConcurrentRequests. Memory is bounded separately, by
+    /// Blocks copied at once. Reads of some blocks overlap writes of others. 32 was
+    /// the fastest on a LAN; across a WAN try 64 to 128 (with 20 ms per request, 64
+    /// was 1.8x faster; BENCHMARKS.md). Memory is bounded separately, by
     /// --max-buffer-memory.
-    #[arg(long, value_name = "N", default_value_t = 64)]
+    #[arg(long, value_name = "N", default_value_t = 32)]
     pub concurrency: usize,
 
     /// Most block data held in memory at once, summed over the copies (or
