@@ -266,17 +266,27 @@ async fn source_503_at_30_percent() {
     );
 }
 
+/// `n` source blocks of 20,000 bytes at `replicas`, on keepstores that take 20 ms per
+/// request and answer 503 beyond `max` concurrent requests.
+async fn capped_source(tag: &str, n: usize, replicas: usize, max: usize) -> Pair {
+    let p = Pair::new().await;
+    for i in 0..n {
+        p.src
+            .put_block(&block(tag, i, 20_000), replicas)
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        ks(&p.src, i).set_max_concurrent(Some(max));
+        ks(&p.src, i).set_latency(Duration::from_millis(20));
+    }
+    p
+}
+
 /// Source keepstores that answer 503 beyond 2 concurrent requests, at concurrency 16.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_concurrency_cap() {
-    let p = Pair::new().await;
-    for i in 0..60 {
-        p.src.put_block(&block("cap", i, 20_000), 2).await.unwrap();
-    }
-    for i in 0..3 {
-        ks(&p.src, i).set_max_concurrent(Some(2));
-        ks(&p.src, i).set_latency(Duration::from_millis(20));
-    }
+    let p = capped_source("cap", 60, 2, 2).await;
     p.rsync(&["--concurrency", "16"]).await.assert_code(0);
     assert_all_copied(&p, 2).await;
     let n503 = count_requests(&p.src, |r| r.status == 503);
@@ -292,14 +302,7 @@ async fn source_concurrency_cap() {
 /// so source keepstores that answer 503 beyond one concurrent request never do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffer_memory_bounds_the_blocks_in_flight() {
-    let p = Pair::new().await;
-    for i in 0..24 {
-        p.src.put_block(&block("room", i, 20_000), 1).await.unwrap();
-    }
-    for i in 0..3 {
-        ks(&p.src, i).set_max_concurrent(Some(1));
-        ks(&p.src, i).set_latency(Duration::from_millis(20));
-    }
+    let p = capped_source("room", 24, 1, 1).await;
     p.rsync(&["--concurrency", "16", "--max-buffer-memory", "20000"])
         .await
         .assert_code(0);
