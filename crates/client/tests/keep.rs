@@ -35,6 +35,15 @@ fn client(services: Vec<KeepService>) -> KeepClient {
     KeepClient::new(services, Token::new(TOKEN), options()).unwrap()
 }
 
+/// One service per body; service `i` answers every request 200 with `bodies[i]`.
+async fn serving(bodies: Vec<Bytes>) -> (Vec<crate::mock::MockServer>, Vec<KeepService>) {
+    servers(bodies.len(), |i| {
+        let b = bodies[i].clone();
+        move |_: &crate::mock::Request| Reply::ok(b.clone())
+    })
+    .await
+}
+
 /// A locator for `data`, signed with the test key and token.
 fn signed(data: &[u8]) -> Locator {
     sign(
@@ -126,19 +135,15 @@ async fn get_fails_over_on_checksum_mismatch() {
     let loc = signed(&data);
     let order = probe(&loc.hash(), 3);
     let first = order[0];
-    let d = data.clone();
-    let (mocks, services) = servers(3, |i| {
-        let d = d.clone();
-        move |_: &crate::mock::Request| {
-            if i == first {
-                // Same length, wrong content.
-                Reply::ok(Bytes::from_static(b"the fake data"))
-            } else {
-                Reply::ok(d.clone())
-            }
+    // Same length, wrong content on the first service in probe order.
+    let bodies = (0..3).map(|i| {
+        if i == first {
+            Bytes::from_static(b"the fake data")
+        } else {
+            data.clone()
         }
-    })
-    .await;
+    });
+    let (mocks, services) = serving(bodies.collect()).await;
     let c = client(services);
     assert_eq!(c.get(&loc).await.unwrap(), data);
     assert_eq!(mocks[first].count(), 1);
@@ -162,20 +167,16 @@ async fn get_unchecked_checks_only_the_length() {
     let loc = signed(&data);
     let order = probe(&loc.hash(), 3);
     let (first, second) = (order[0], order[1]);
-    let d = data.clone();
-    let (mocks, services) = servers(3, |i| {
-        let d = d.clone();
-        move |_: &crate::mock::Request| {
-            if i == first {
-                Reply::ok(Bytes::from_static(b"the fake data"))
-            } else if i == second {
-                Reply::ok(Bytes::from_static(b"short"))
-            } else {
-                Reply::ok(d.clone())
-            }
+    let bodies = (0..3).map(|i| {
+        if i == first {
+            Bytes::from_static(b"the fake data")
+        } else if i == second {
+            Bytes::from_static(b"short")
+        } else {
+            data.clone()
         }
-    })
-    .await;
+    });
+    let (mocks, services) = serving(bodies.collect()).await;
     let c = client(services);
     assert_eq!(
         c.get_unchecked(&loc).await.unwrap(),

@@ -7,7 +7,7 @@
 //! "unreadable settings file" case uses a directory instead.
 
 use crate::util::{
-    Pair, assert_tokens_isolated, block, count_requests, figure, run_env, with_setting,
+    Pair, assert_tokens_isolated, block, count_requests, figure, ks, run_env, with_setting,
 };
 
 struct Case {
@@ -324,13 +324,12 @@ async fn more_bad_input_is_one_line_exit_2() {
         let env: Vec<(&str, &str)> = c.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         if let Some(code) = c.inject {
             for i in 0..3 {
-                let f = p.src.faults(&format!("keepstore{i}")).unwrap();
-                f.fail_rate(1.0, code, Some("GET"));
+                ks(&p.src, i).fail_rate(1.0, code, Some("GET"));
             }
         }
         let r = run_env(&c.args, &env).await;
         for i in 0..3 {
-            p.src.faults(&format!("keepstore{i}")).unwrap().clear();
+            ks(&p.src, i).clear();
         }
         assert_eq!(r.code, 2, "{}: {}\n{}", c.what, r.stderr, r.stdout);
         let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();

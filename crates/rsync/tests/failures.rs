@@ -2,7 +2,7 @@
 
 use keep_client::BlockHash;
 
-use crate::util::{Pair, block, block_puts, holdings, probe, run, with_setting};
+use crate::util::{Pair, block, block_puts, holdings, ks, probe, run, with_setting};
 
 /// A block whose every source replica is corrupt fails; the others are copied; the
 /// report counts it, --failed-list lists it, exit 1; nothing corrupt is written.
@@ -46,10 +46,7 @@ async fn corrupt_replica_fails_over() {
     let h = BlockHash::of(&b);
     let first = holdings(&p.src).await[&h][0];
     p.src.corrupt_block(first, &h).await;
-    p.src
-        .faults(&format!("keepstore{first}"))
-        .unwrap()
-        .set_corrupt_reads(true);
+    ks(&p.src, first).set_corrupt_reads(true);
     p.rsync(&[]).await.assert_code(0);
     assert!(p.dst_holdings().await.contains_key(&h));
 }
@@ -69,10 +66,7 @@ async fn corrupted_in_transit_is_refused_and_read_again() {
         .into_iter()
         .find(|i| holders.contains(i))
         .unwrap();
-    p.src
-        .faults(&format!("keepstore{first}"))
-        .unwrap()
-        .set_corrupt_reads(true);
+    ks(&p.src, first).set_corrupt_reads(true);
     let run = p.rsync(&[]).await;
     run.assert_code(0);
     assert!(

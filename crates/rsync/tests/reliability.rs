@@ -11,12 +11,8 @@ use keep_testcluster::MALFORMED_INDEX_LINE;
 
 use crate::util::{
     Pair, Rng, args, assert_all_copied, assert_no_block_sent_twice, assert_tokens_isolated, block,
-    block_puts, builder, count_requests, figure, full, holdings, probe, seed,
+    block_puts, builder, count_requests, figure, full, holdings, ks, probe, seed,
 };
-
-fn ks(c: &keep_testcluster::TestCluster, i: usize) -> keep_testcluster::FaultHandle {
-    c.faults(&format!("keepstore{i}")).unwrap()
-}
 
 fn spawn(p: &Pair, extra: &[&str]) -> tokio::process::Child {
     let out = std::fs::File::create(p.dir.path().join("child.out")).unwrap();

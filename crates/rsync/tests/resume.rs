@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::util::{Pair, block, block_puts};
+use crate::util::{Pair, block, block_puts, ks};
 
 async fn slow_pair(n: usize) -> Pair {
     let p = Pair::new().await;
@@ -15,10 +15,7 @@ async fn slow_pair(n: usize) -> Pair {
             .unwrap();
     }
     for i in 0..3 {
-        p.src
-            .faults(&format!("keepstore{i}"))
-            .unwrap()
-            .set_latency(Duration::from_millis(40));
+        ks(&p.src, i).set_latency(Duration::from_millis(40));
     }
     p
 }

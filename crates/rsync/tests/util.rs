@@ -311,3 +311,8 @@ pub(crate) fn count_requests(
 ) -> usize {
     c.request_log().iter().filter(|r| f(r)).count()
 }
+
+/// The fault controls of keepstore `i` of `c`.
+pub(crate) fn ks(c: &TestCluster, i: usize) -> keep_testcluster::FaultHandle {
+    c.faults(&format!("keepstore{i}")).unwrap()
+}
