@@ -8,14 +8,11 @@
 set -e
 R=${CARGO_TARGET_DIR:-$(dirname "$0")/../target}/release
 N=$1; SIZE=$2; shift 2
-D=$(mktemp -d /tmp/keep-cpu-split-XXXX)
-trap 'kill $SP $DP 2>/dev/null; wait 2>/dev/null; rm -rf $D' EXIT
-$R/keep-testcluster run --dir $D/s --cluster-id srccs --memory --keepstores 3 --replication 1 --no-blob-signing --seed-blocks $N --seed-block-size $SIZE > $D/s.out 2>$D/s.err & SP=$!
-$R/keep-testcluster run --dir $D/d --cluster-id dstcs --memory --keepstores 3 --replication 2 > $D/d.out 2>$D/d.err & DP=$!
-for _ in $(seq 600); do
-  grep -q ready $D/s.out 2>/dev/null && grep -q ready $D/d.out 2>/dev/null && break
-  sleep 0.2
-done
+. "$(dirname "$0")/lib.sh"
+cluster s srccs --keepstores 3 --replication 1 --no-blob-signing --seed-blocks $N --seed-block-size $SIZE
+cluster d dstcs --keepstores 3 --replication 2
+wait_ready s d
+SP=${PIDS[s]}; DP=${PIDS[d]}
 TCK=$(getconf CLK_TCK)
 cpu() { awk -v t="$TCK" '{printf "%.2f", ($14 + $15) / t}' /proc/$1/stat; }
 s0=$(cpu $SP); d0=$(cpu $DP)

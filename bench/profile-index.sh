@@ -8,14 +8,10 @@
 set -e
 R=${CARGO_TARGET_DIR:-$(dirname "$0")/../target}/profiling
 N=$1; OUT=$2
-D=$(mktemp -d /tmp/keep-prof-index-XXXX)
-trap 'kill $SP $DP 2>/dev/null; wait 2>/dev/null; rm -rf $D' EXIT
-$R/keep-testcluster run --dir $D/s --cluster-id srcpp --memory --keepstores 1 --synthetic-blocks $N --synthetic-seed 1 > $D/s.out 2>$D/s.err & SP=$!
-$R/keep-testcluster run --dir $D/d --cluster-id dstpp --memory --keepstores 1 --synthetic-blocks $((N/2)) --synthetic-seed 1 > $D/d.out 2>$D/d.err & DP=$!
-for _ in $(seq 600); do
-  grep -q ready $D/s.out 2>/dev/null && grep -q ready $D/d.out 2>/dev/null && break
-  sleep 0.2
-done
+. "$(dirname "$0")/lib.sh"
+cluster s srcpp --keepstores 1 --synthetic-blocks $N --synthetic-seed 1
+cluster d dstpp --keepstores 1 --synthetic-blocks $((N/2)) --synthetic-seed 1
+wait_ready s d
 PERF=()
 [ "$3" = perf ] && PERF=(perf record -q -e cpu-clock -F 999 -o "$OUT.data" --)
 /usr/bin/time -f "wall %e s, user %U s, sys %S s, maxrss %M KB" "${PERF[@]}" \
