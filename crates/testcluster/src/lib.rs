@@ -19,6 +19,7 @@
 //! - `server`: hyper accept loop, stop/start, fault + log middleware.
 //! - `keepstore`, `volume`, `proxy`, `controller`: the services.
 //! - [`faults`]: fault injection; `reqlog`: the request log.
+//! - [`upstream`]: real Arvados keepstores (upstream binaries) as a cluster.
 
 #![recursion_limit = "256"]
 #![warn(missing_docs)]
@@ -35,6 +36,7 @@ mod keepstore;
 mod proxy;
 mod reqlog;
 mod server;
+pub mod upstream;
 mod volume;
 
 use std::path::{Path, PathBuf};
@@ -94,7 +96,7 @@ pub fn report_figure(scenario: &str, tried: &str, held: &str) {
 /// The default `BlobSigningTTL`: 336h (§3.1).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(1_209_600);
 
-fn random_alnum(n: usize) -> String {
+pub(crate) fn random_alnum(n: usize) -> String {
     use rand::Rng;
     const A: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();

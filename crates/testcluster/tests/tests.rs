@@ -6,4 +6,5 @@ mod faults;
 mod interop;
 mod keepstore;
 mod proxy;
+mod upstream;
 mod util;
