@@ -19,6 +19,7 @@ pub struct Builder {
     pub(crate) blob_signing: bool,
     pub(crate) signing_key: Option<String>,
     pub(crate) system_root_token: Option<String>,
+    pub(crate) management_token: Option<String>,
     pub(crate) user_tokens: Vec<String>,
     pub(crate) ttl: Duration,
     pub(crate) seed_blocks: Option<(usize, usize)>,
@@ -28,8 +29,9 @@ pub struct Builder {
     pub(crate) read_only_keepstores: Vec<usize>,
     pub(crate) fault_seed: Option<u64>,
     pub(crate) legacy_signatures: bool,
-    pub(crate) index_mtime_seconds: Option<bool>,
+    pub(crate) index_mtime_seconds: bool,
     pub(crate) request_log_file: Option<bool>,
+    pub(crate) config_derived_uuids: bool,
 }
 
 impl Default for Builder {
@@ -46,6 +48,7 @@ impl Default for Builder {
             blob_signing: true,
             signing_key: None,
             system_root_token: None,
+            management_token: None,
             user_tokens: Vec::new(),
             ttl: DEFAULT_TTL,
             seed_blocks: None,
@@ -55,8 +58,9 @@ impl Default for Builder {
             read_only_keepstores: Vec::new(),
             fault_seed: None,
             legacy_signatures: false,
-            index_mtime_seconds: None,
+            index_mtime_seconds: false,
             request_log_file: None,
+            config_derived_uuids: false,
         }
     }
 }
@@ -118,6 +122,11 @@ impl Builder {
         self.system_root_token = Some(token.into());
         self
     }
+    /// The ManagementToken (`/_health/ping`). Default: 40 random alphanumerics.
+    pub fn management_token(mut self, token: impl Into<String>) -> Self {
+        self.management_token = Some(token.into());
+        self
+    }
     /// Adds a token the controller accepts as an ordinary (non-admin) user. Default: one
     /// random v2 token.
     pub fn user_token(mut self, token: impl Into<String>) -> Self {
@@ -167,18 +176,25 @@ impl Builder {
         self.legacy_signatures = on;
         self
     }
-    /// Index mtimes in seconds, as before 2016-07 (§5.6, §14). Default: on in
-    /// `arvados_version(2)` mode (the §14 "old" column, as the lead asked), off
-    /// (nanoseconds) in 3.x. Real 2.x keepstores already sent nanoseconds: pass
-    /// `false` to get that.
+    /// Index mtimes in seconds, as before 2016-07 (§5.6, §14). Default off:
+    /// nanoseconds, as 3.x and 2.x (checked against 2.7.4) send.
     pub fn index_mtime_seconds(mut self, on: bool) -> Self {
-        self.index_mtime_seconds = Some(on);
+        self.index_mtime_seconds = on;
         self
     }
     /// Append the request log to `DIR/requests.jsonl`. Default: on when
     /// [`Builder::dir`] is set.
     pub fn request_log_file(mut self, on: bool) -> Self {
         self.request_log_file = Some(on);
+        self
+    }
+
+    /// Publish the 28-character keepstore UUIDs that Rails derives for a cluster
+    /// without `keep_services` rows, `<cluster>-bi6l4-<md5(url)[0..16]>` (§7.3; every
+    /// config-only cluster since Arvados 2.0), instead of `<cluster>-bi6l4-<k as 15
+    /// digits>`. Go and Python order such services differently (§4.1). Default off.
+    pub fn config_derived_uuids(mut self, on: bool) -> Self {
+        self.config_derived_uuids = on;
         self
     }
 

@@ -72,7 +72,10 @@ impl Keepstore {
         }
         let mut resp = self.dispatch(req, &path).await;
         let h = resp.headers_mut();
-        cors(h, "GET, HEAD, PUT, OPTIONS");
+        if !self.v2() {
+            // 2.x keepstores sent no CORS headers at all (checked against 2.7.4).
+            cors(h, "GET, HEAD, PUT, OPTIONS");
+        }
         h.insert("x-request-id", request_id);
         resp
     }
@@ -81,7 +84,11 @@ impl Keepstore {
         let m = req.method().clone();
         let (parts, body) = req.into_parts();
         let req = &parts;
-        if m == Method::OPTIONS {
+        if self.v2() {
+            if let Some(r) = self.v2_only(req, path) {
+                return r;
+            }
+        } else if m == Method::OPTIONS {
             return Response::new(empty());
         }
         let segs: Vec<&str> = path.strip_prefix('/').unwrap_or("").split('/').collect();
@@ -119,14 +126,88 @@ impl Keepstore {
         }
     }
 
-    /// The SystemRootToken check (§5.1); None means allowed.
+    /// What a 2.x keepstore (Go's `ServeMux` and router of 2.7.4) answers differently
+    /// before any route, or `None`. Each was seen against Arvados 2.7.4
+    /// (tests/conformance.rs).
+    fn v2_only(&self, req: &http::request::Parts, path: &str) -> Option<Response<Body>> {
+        let m = req.method.as_str();
+        let segs: Vec<&str> = path.strip_prefix('/').unwrap_or("").split('/').collect();
+        match (m, segs.as_slice()) {
+            // `ServeMux` cleans `//x` with a redirect, whatever the method (§14).
+            (_, ["", rest @ ..]) if !rest.is_empty() => {
+                let mut r = text(StatusCode::MOVED_PERMANENTLY, "");
+                let target = format!("/{}", rest.join("/"));
+                r.headers_mut().insert(
+                    "location",
+                    HeaderValue::from_str(&target).unwrap_or(HeaderValue::from_static("/")),
+                );
+                Some(r)
+            }
+            // No CORS, no TOUCH: a known path with another method is 405, empty.
+            ("OPTIONS" | "POST" | "TOUCH", [loc]) if is_locator_segment(loc) => {
+                Some(text(StatusCode::METHOD_NOT_ALLOWED, ""))
+            }
+            // Only `PUT /<32 hex>`: a size hint makes the route not match.
+            ("PUT", [loc]) if is_locator_segment(loc) && loc.len() > 32 => {
+                Some(text(StatusCode::METHOD_NOT_ALLOWED, ""))
+            }
+            ("GET", ["status.json"]) => Some(self.status_json()),
+            // `/mounts` needed no token in 2.x.
+            ("GET", ["mounts"]) => Some(self.mounts()),
+            // The mount index took its prefix from `?prefix=` only.
+            ("GET", ["mounts", _, "blocks", _]) => {
+                Some(text(StatusCode::BAD_REQUEST, "Bad Request\n"))
+            }
+            ("GET", ["mounts", uuid, "blocks"])
+                if !self.volumes.iter().any(|v| v.uuid == *uuid) =>
+            {
+                Some(text(StatusCode::NOT_FOUND, "mount not found\n"))
+            }
+            _ => None,
+        }
+    }
+
+    /// 2.x `GET /status.json` (removed in 3.0): the shape 2.7.4 sends.
+    fn status_json(&self) -> Response<Body> {
+        let volumes: Vec<serde_json::Value> = self
+            .volumes
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "Label": format!("[UnixVolume {}]", v.uuid),
+                    "Status": {"MountPoint": v.uuid, "DeviceNum": 0, "BytesFree": 0, "BytesUsed": 0},
+                    "InternalStats": {"Errors": 0, "InBytes": 0, "OutBytes": 0, "OpenOps": 0,
+                        "StatOps": 0, "FlockOps": 0, "UtimesOps": 0, "CreateOps": 0,
+                        "RenameOps": 0, "UnlinkOps": 0, "ReaddirOps": 0},
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "Volumes": volumes,
+            "BufferPool": {"BytesAllocatedCumulative": 0, "BuffersMax": 16, "BuffersInUse": 0},
+            "PullQueue": {"InProgress": 0, "Queued": 0},
+            "TrashQueue": {"InProgress": 0, "Queued": 0},
+            "RequestsCurrent": 0,
+            "RequestsMax": 0,
+            "Version": "2.7.4",
+        });
+        let mut r = Response::new(full(serde_json::to_vec(&v).expect("json")));
+        r.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    }
+
+    /// The SystemRootToken check (§5.1); None means allowed. A 2.x keepstore answered
+    /// 401 `Unauthorized` to a wrong token too.
     fn admin(&self, req: &http::request::Parts) -> Option<Response<Body>> {
         let want = &self.cfg.system_root_token;
         if want.is_empty() {
             return None;
         }
         let toks = crate::auth::keepstore_tokens(&req.headers, req.uri.query());
-        if toks.is_empty() {
+        if toks.is_empty() || (self.v2() && !toks.iter().any(|t| t == want)) {
             Some(text(StatusCode::UNAUTHORIZED, "Unauthorized\n"))
         } else if toks.iter().any(|t| t == want) {
             None
@@ -151,8 +232,11 @@ impl Keepstore {
             })
             .collect();
         let mut r = Response::new(full(serde_json::to_vec(&list).expect("json")));
-        r.headers_mut()
-            .insert("content-type", HeaderValue::from_static("application/json"));
+        // keepstore sets no Content-Type; Go's server sniffs this JSON as text.
+        r.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         r
     }
 
@@ -176,8 +260,10 @@ impl Keepstore {
     async fn get(&self, req: &http::request::Parts, loc_str: &str) -> Response<Body> {
         let head = req.method == Method::HEAD;
         let mut resp = self.get_inner(req, loc_str, head).await;
-        resp.headers_mut()
-            .insert("vary", HeaderValue::from_static("X-Keep-Signature"));
+        if !self.v2() {
+            resp.headers_mut()
+                .insert("vary", HeaderValue::from_static("X-Keep-Signature"));
+        }
         resp
     }
 
@@ -225,6 +311,18 @@ impl Keepstore {
                                 StatusCode::INTERNAL_SERVER_ERROR,
                                 "Hash mismatch in stored data\n",
                             )
+                        } else if !head && data.len() > CHUNK {
+                            // §5.3 step 5: 3.x streams in 64 KiB chunks and holds back
+                            // the last until the hash is checked; on a mismatch what
+                            // was sent stays sent and the connection is closed.
+                            let sent = (data.len() - 1) / CHUNK * CHUNK;
+                            let mut r = Response::new(truncated_body(data.slice(..sent)));
+                            let h = r.headers_mut();
+                            h.insert("content-length", HeaderValue::from(data.len()));
+                            if let Some(kind) = sniff(&data) {
+                                h.insert("content-type", kind);
+                            }
+                            r
                         } else {
                             text(
                                 StatusCode::BAD_GATEWAY,
@@ -246,6 +344,7 @@ impl Keepstore {
 
     fn block_response(&self, data: Bytes, head: bool) -> Response<Body> {
         let len = data.len();
+        let kind = sniff(&data);
         let plan = self.faults.snapshot();
         let body = if head {
             empty()
@@ -268,6 +367,11 @@ impl Keepstore {
                 "content-type",
                 HeaderValue::from_static("application/octet-stream"),
             );
+        } else if !head {
+            // 3.x sets none, so Go's server sniffs the first bytes (§5.2).
+            if let Some(kind) = kind {
+                r.headers_mut().insert("content-type", kind);
+            }
         }
         r
     }
@@ -407,6 +511,11 @@ impl Keepstore {
                 };
                 let mut r = Response::new(full(format!("{}\n", out.to_wire())));
                 let h = r.headers_mut();
+                // Sniffed by Go's server from the locator text.
+                h.insert(
+                    "content-type",
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
                 h.insert("x-keep-replicas-stored", HeaderValue::from(replicas));
                 h.insert(
                     "x-keep-storage-classes-confirmed",
@@ -450,8 +559,13 @@ impl Keepstore {
         }
         for v in &writable {
             if let Ok(Some(existing)) = v.get(hash).await {
-                if existing != data {
+                // A stored copy that fails its own hash is damaged, not a collision:
+                // 2.x wrote over it (seen against 2.7.4); 3.x calls it a collision.
+                if existing != data && (!self.v2() || BlockHash::of(&existing) == *hash) {
                     return Err(PutFailure::Collision);
+                }
+                if existing != data {
+                    continue;
                 }
                 if v.touch(hash).await {
                     return Ok(v.replication);
@@ -546,6 +660,26 @@ impl Keepstore {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         r
+    }
+}
+
+/// The chunk size of keepstore's block responses.
+const CHUNK: usize = 64 * 1024;
+
+/// What Go's `http.DetectContentType` makes of a block body, for the two answers a
+/// block gets in practice: text if the first 512 bytes hold no binary control byte,
+/// else `application/octet-stream`. (Go also recognises HTML, images and archives by
+/// their magic numbers; clients must ignore the type, §5.2.)
+/// An empty body is not sniffed: no type at all.
+fn sniff(data: &[u8]) -> Option<HeaderValue> {
+    let head = &data[..data.len().min(512)];
+    let binary = head.iter().any(|&b| {
+        b <= 0x08 || b == 0x0b || (0x0e..=0x1a).contains(&b) || (0x1c..=0x1f).contains(&b)
+    });
+    match (head.is_empty(), binary) {
+        (true, _) => None,
+        (false, true) => Some(HeaderValue::from_static("application/octet-stream")),
+        (false, false) => Some(HeaderValue::from_static("text/plain; charset=utf-8")),
     }
 }
 

@@ -237,7 +237,10 @@ impl TestCluster {
                 .system_root_token
                 .clone()
                 .unwrap_or_else(|| random_alnum(50)),
-            management_token: random_alnum(40),
+            management_token: b
+                .management_token
+                .clone()
+                .unwrap_or_else(|| random_alnum(40)),
             user_tokens,
             signing_key: SigningKey::new(&key),
             signing_key_str: key,
@@ -245,7 +248,7 @@ impl TestCluster {
             blob_signing: b.blob_signing,
             arvados_version: b.arvados_version,
             legacy_signatures: b.legacy_signatures,
-            index_mtime_seconds: b.index_mtime_seconds.unwrap_or(b.arvados_version < 3),
+            index_mtime_seconds: b.index_mtime_seconds,
             replication: b.replication,
         });
         let log_path = b
@@ -259,7 +262,13 @@ impl TestCluster {
         let mut listeners = Vec::new();
         let mut entries = Vec::new();
         for k in 0..b.keepstores {
-            let uuid = format!("{id}-bi6l4-{k:015}");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let port = listener.local_addr()?.port();
+            let uuid = if b.config_derived_uuids {
+                upstream::config_derived_uuid(&id, &format!("http://127.0.0.1:{port}/"))
+            } else {
+                format!("{id}-bi6l4-{k:015}")
+            };
             let mut vols = Vec::new();
             for v in 0..b.volumes_per_keepstore {
                 let vuuid = format!("{id}-nyw5e-{:015}", k * 1000 + v);
@@ -290,15 +299,15 @@ impl TestCluster {
                 cfg: Arc::clone(&cfg),
                 faults: Arc::clone(&faults),
             });
-            let (svc, l) = Service::bind(
+            let (svc, l) = Service::from_listener(
+                listener,
                 uuid.clone(),
                 None,
                 keepstore::handler(Arc::clone(&ks)),
                 faults,
                 Arc::clone(&log),
                 true,
-            )
-            .await?;
+            )?;
             entries.push(ServiceEntry {
                 uuid,
                 port: svc.addr.port(),

@@ -20,6 +20,47 @@ enum Cmd {
     Run(RunArgs),
     /// Change faults on a running cluster found by --dir.
     Fault(FaultArgs),
+    /// Real Arvados keepstores from the upstream binaries (KEEP_UPSTREAM_ARVADOS, else
+    /// ../shared/upstream-arvados).
+    Upstream {
+        #[command(subcommand)]
+        cmd: UpstreamCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum UpstreamCmd {
+    /// Print the directory of the upstream binaries; exit 1 with the reason if there
+    /// is none.
+    Locate,
+    /// Start a cluster of real keepstores; writes DIR/NAME.conf (API host 127.0.0.1:1,
+    /// where nothing listens), DIR/services.json (a KeepServiceList) and
+    /// DIR/cluster.json, prints `ready`, and stops them on SIGINT or SIGTERM.
+    Run(UpstreamRunArgs),
+}
+
+#[derive(Args)]
+struct UpstreamRunArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long, default_value = "cluster")]
+    name: String,
+    /// 3.2.1 or 2.7.4.
+    #[arg(long, default_value = "3.2.1")]
+    version: String,
+    #[arg(long, default_value = "zzzzz")]
+    cluster_id: String,
+    #[arg(long, default_value_t = 3)]
+    keepstores: usize,
+    /// Collections.DefaultReplication.
+    #[arg(long, default_value_t = 2)]
+    replication: u32,
+    /// Replication of each keepstore's volume.
+    #[arg(long, default_value_t = 1)]
+    volume_replication: u32,
+    /// Publish the 28-character UUIDs of a config-only cluster (§7.3).
+    #[arg(long)]
+    config_derived_uuids: bool,
 }
 
 #[derive(Args)]
@@ -66,12 +107,15 @@ struct RunArgs {
     /// 2015 signature message (no TTL).
     #[arg(long)]
     legacy_signatures: bool,
-    /// Index mtimes in seconds (pre-2016 keepstore; the default with --arvados-version 2).
+    /// Index mtimes in seconds (a pre-2016 keepstore).
     #[arg(long, conflicts_with = "index_mtime_ns")]
     index_mtime_seconds: bool,
-    /// Index mtimes in nanoseconds (the default with --arvados-version 3; what real 2.x sent).
+    /// Index mtimes in nanoseconds (the default, as 3.x and 2.x send).
     #[arg(long)]
     index_mtime_ns: bool,
+    /// Publish the 28-character keepstore UUIDs of a config-only cluster (§7.3).
+    #[arg(long)]
+    config_derived_uuids: bool,
 }
 
 #[derive(Args)]
@@ -136,6 +180,21 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Run(a) => run(a).await,
             Cmd::Fault(a) => fault(a).await,
+            Cmd::Upstream {
+                cmd: UpstreamCmd::Locate,
+            } => match keep_testcluster::upstream::Upstream::locate() {
+                Ok(u) => {
+                    println!("{}", u.root().display());
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(1);
+                }
+            },
+            Cmd::Upstream {
+                cmd: UpstreamCmd::Run(a),
+            } => upstream_run(a).await,
         }
     });
     match res {
@@ -160,10 +219,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         .blob_signing(!a.no_blob_signing)
         .ttl(std::time::Duration::from_secs(a.ttl))
         .legacy_signatures(a.legacy_signatures)
+        .config_derived_uuids(a.config_derived_uuids)
         .request_log_file(true);
-    if a.index_mtime_seconds || a.index_mtime_ns {
-        b = b.index_mtime_seconds(a.index_mtime_seconds);
-    }
+    b = b.index_mtime_seconds(a.index_mtime_seconds);
     if a.seed_blocks > 0 {
         b = b.seed_blocks(a.seed_blocks, a.seed_block_size);
     }
@@ -211,6 +269,46 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     cluster.shutdown().await;
+    Ok(())
+}
+
+async fn upstream_run(a: UpstreamRunArgs) -> anyhow::Result<()> {
+    use keep_testcluster::upstream::{Upstream, UuidStyle, Version, VolumeSpec};
+    let up = Upstream::locate().map_err(anyhow::Error::msg)?;
+    let volumes = (0..a.keepstores)
+        .map(|k| VolumeSpec::on(k).replication(a.volume_replication))
+        .collect();
+    let cluster = up
+        .cluster(Version::parse(&a.version)?)
+        .dir(&a.dir)
+        .cluster_id(&a.cluster_id)
+        .keepstores(a.keepstores)
+        .default_replication(a.replication)
+        .volumes(volumes)
+        .uuids(if a.config_derived_uuids {
+            UuidStyle::ConfigDerived
+        } else {
+            UuidStyle::Standard
+        })
+        .start()
+        .await?;
+    let conf = a.dir.join(format!("{}.conf", a.name));
+    cluster.write_settings_file(&conf, true)?;
+    let services = a.dir.join("services.json");
+    std::fs::write(&services, cluster.services_json())?;
+    let mut info = cluster.cluster_json();
+    info["config_file"] = serde_json::json!(conf);
+    info["services_json"] = serde_json::json!(services);
+    let tmp = a.dir.join(".cluster.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&info)?)?;
+    std::fs::rename(&tmp, a.dir.join("cluster.json"))?;
+    println!("ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    drop(cluster);
     Ok(())
 }
 

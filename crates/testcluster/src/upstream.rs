@@ -714,11 +714,39 @@ pub async fn http_request(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
     Ok(HttpAnswer {
         status,
         headers,
-        body: raw[end + 4..].to_vec(),
+        body,
     })
+}
+
+/// The data of a chunked body (as much as arrived whole; the terminating zero chunk
+/// is not required, so a body cut short keeps what came).
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&raw[..eol]);
+        let size_hex = size_text.split(';').next().unwrap_or("").trim();
+        let Ok(size) = usize::from_str_radix(size_hex, 16) else {
+            break;
+        };
+        let start = eol + 2;
+        if size == 0 || raw.len() < start + size {
+            out.extend_from_slice(&raw[start.min(raw.len())..(start + size).min(raw.len())]);
+            break;
+        }
+        out.extend_from_slice(&raw[start..start + size]);
+        raw = &raw[(start + size + 2).min(raw.len())..];
+    }
+    out
 }
 
 /// A running cluster of real keepstores. Dropping it stops every process.
@@ -1046,7 +1074,7 @@ impl RealCluster {
         serde_json::json!({
             "cluster_id": self.cluster_id,
             "upstream_version": self.version.as_str(),
-            "config_file": self.config_path,
+            "keepstore_config": self.config_path,
             "system_root_token": self.secrets.root_token,
             "management_token": self.secrets.management_token,
             "signing_key": self.secrets.signing_key,
