@@ -122,6 +122,40 @@ pub enum Error {
         got: String,
     },
 
+    /// A keepstore said its own stored copy of the block is damaged: 502 `checksum
+    /// mismatch in stored data` (3.x) or 500 `Hash mismatch in stored data` (2.x,
+    /// §5.3, §14). Another replica may be good; this one will not get better.
+    #[error("{service}: the stored copy of {locator} is damaged: {message}")]
+    BadStoredCopy {
+        /// `hash+size` of the block.
+        locator: String,
+        /// The service uuid.
+        service: String,
+        /// The server's (sanitized) answer.
+        message: String,
+    },
+
+    /// A service answered 200 for a block, then closed the connection before the whole
+    /// block arrived. A real 3.x keepstore does this after the first 64 KiB when the
+    /// stored copy fails its checksum (§5.3 step 5); a broken connection does it at
+    /// any point.
+    #[error(
+        "{service}: sent {received} of {expected} bytes of {locator}, then closed the connection{}: {message}",
+        if is_cut_at_chunk(*received) { " (a 3.x keepstore cuts a block off like this when its stored copy fails the checksum)" } else { "" }
+    )]
+    CutShort {
+        /// `hash+size` of the block.
+        locator: String,
+        /// The service uuid.
+        service: String,
+        /// Bytes received.
+        received: u64,
+        /// Bytes announced.
+        expected: u64,
+        /// The underlying error chain.
+        message: String,
+    },
+
     /// A keepstore refused uploaded data because its MD5 did not match the hash in
     /// the URL: 400 `content hash ... did not match` (3.x) or 422 `Hash mismatch` (2.x,
     /// §14). The data we hold does not match its hash, so no retry can help.
@@ -287,6 +321,7 @@ impl Error {
             } => status_is_temporary(*status, message),
             Error::Connect { .. }
             | Error::Transfer { .. }
+            | Error::CutShort { .. }
             | Error::Timeout { .. }
             | Error::ChecksumMismatch { .. }
             | Error::IncompleteIndex { .. } => true,
@@ -294,6 +329,7 @@ impl Error {
                 failures.iter().any(|f| f.retryable)
             }
             Error::NotFound { .. }
+            | Error::BadStoredCopy { .. }
             | Error::SizeMismatch { .. }
             | Error::ContentRejected { .. }
             | Error::PermissionDenied { .. }
@@ -312,7 +348,18 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::NotFound { .. } => "not found",
-            Error::ReadFailed { .. } => "read failed",
+            Error::ReadFailed { failures, .. } => {
+                // Every replica that exists is damaged: say so, not just "read failed".
+                let mut held = failures.iter().filter(|f| f.status != Some(404)).peekable();
+                if held.peek().is_some() && held.all(|f| f.reason == "bad stored copy") {
+                    "bad stored copy"
+                } else {
+                    "read failed"
+                }
+            }
+            Error::BadStoredCopy { .. } => "bad stored copy",
+            Error::CutShort { received, .. } if is_cut_at_chunk(*received) => "bad stored copy",
+            Error::CutShort { .. } => "transfer failed",
             Error::ChecksumMismatch { .. } | Error::ContentRejected { .. } => "checksum mismatch",
             Error::SizeMismatch { .. } => "size mismatch",
             Error::InsufficientReplicas { .. } => "insufficient replicas",
@@ -347,6 +394,13 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// Whether `received` bytes is where a real 3.x keepstore cuts off a block whose
+/// stored copy fails its checksum: a whole number of its 64 KiB write chunks (a
+/// connection that breaks by accident almost never stops exactly there).
+fn is_cut_at_chunk(received: u64) -> bool {
+    received > 0 && received % 65_536 == 0
 }
 
 /// A "storage full" answer: 507 (3.x) or 503 with body `Full` (2.x, §14). Not retried

@@ -5,14 +5,16 @@ use md5::{Digest, Md5};
 
 use crate::locator::BlockHash;
 
-/// The part of a service UUID that goes into the weight: the last 15 characters.
-/// Python always takes `uuid[-15:]`; Go takes `uuid[12:]` for 27-character UUIDs, the
-/// same thing. For other lengths Go uses the whole UUID and the two disagree (§4.1);
-/// we follow Python, since every real service UUID has 27 characters.
+/// The part of a service UUID that goes into the weight, by Go's rule (`RootSorter`,
+/// §4.1): the last 15 characters of a standard 27-character UUID (`uuid[12:]`), and
+/// the **whole** UUID for any other length. Python always takes `uuid[-15:]`; the two
+/// agree on 27 characters and differ on the 28-character UUIDs that config-only
+/// clusters publish (§7.3). We follow Go because keep-balance, which decides where
+/// every block finally lives, sorts with `RootSorter`: a block placed by the Python
+/// rule on such a cluster would be pulled and trashed again.
 fn service_suffix(uuid: &str) -> &str {
-    let n = uuid.len();
-    if n > 15 && uuid.is_char_boundary(n - 15) {
-        &uuid[n - 15..]
+    if uuid.len() == 27 && uuid.is_char_boundary(12) {
+        &uuid[12..]
     } else {
         uuid
     }
@@ -28,8 +30,9 @@ fn weight(hash_hex: &str, suffix: &str) -> [u8; 16] {
 }
 
 /// The client probe order (§4.1): indices into `uuids`, heaviest first, where the
-/// weight of a service is `md5(hash + uuid[-15:])`. Ties (identical suffixes) keep the
-/// input order, as Python's stable sort does.
+/// weight of a service is `md5(hash + suffix)` with Go's suffix rule (see
+/// `service_suffix`). Ties (identical suffixes) keep the input order, as Python's
+/// stable sort does.
 pub fn probe_order<S: AsRef<str>>(hash: &BlockHash, uuids: &[S]) -> Vec<usize> {
     let hex = hash.to_hex();
     let mut weighted: Vec<([u8; 16], usize)> = uuids
@@ -49,15 +52,7 @@ pub fn volume_order<S: AsRef<str>>(hash: &BlockHash, mount_uuids: &[S]) -> Vec<u
     let mut weighted: Vec<([u8; 16], usize)> = mount_uuids
         .iter()
         .enumerate()
-        .map(|(i, u)| {
-            let u = u.as_ref();
-            let part = if u.len() == 27 && u.is_char_boundary(12) {
-                &u[12..]
-            } else {
-                u
-            };
-            (weight(&hex, part), i)
-        })
+        .map(|(i, u)| (weight(&hex, service_suffix(u.as_ref())), i))
         .collect();
     weighted.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
     weighted.into_iter().map(|(_, i)| i).collect()
@@ -90,6 +85,21 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "block {i}");
         }
+    }
+
+    /// §13.3: 28-character UUIDs (config-only clusters) weigh whole, as Go's
+    /// `RootSorter` and keep-balance do; Python's `uuid[-15:]` would give 0,2,1,3 and
+    /// 2,1,3,0.
+    #[test]
+    fn go_rule_for_28_char_uuids() {
+        let uuids = [
+            "zzzzz-bi6l4-0b56210446f86547",
+            "zzzzz-bi6l4-5c645be853ab9135",
+            "zzzzz-bi6l4-403ae91a58062a20",
+            "zzzzz-bi6l4-bf69e3c1de6fcd61",
+        ];
+        assert_eq!(probe_order(&BlockHash::of(b"foo"), &uuids), [2, 0, 3, 1]);
+        assert_eq!(probe_order(&BlockHash::of(b"bar"), &uuids), [0, 1, 3, 2]);
     }
 
     /// §13.3: keepstore volume order vectors.

@@ -51,8 +51,8 @@ impl fmt::Display for ServiceType {
 /// One Keep service.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeepService {
-    /// The uuid, e.g. `zzzzz-bi6l4-000000000000000`; its last 15 characters decide
-    /// the probe order (§4.1).
+    /// The uuid, e.g. `zzzzz-bi6l4-000000000000000`; it decides the probe order
+    /// (§4.1: its last 15 characters when it has 27, all of it otherwise).
     pub uuid: String,
     /// `scheme://host:port`, without a trailing slash; IPv6 hosts are bracketed.
     pub url: String,

@@ -60,7 +60,8 @@ pub struct Cluster {
     pub role: Role,
     /// Where its settings came from (for messages).
     pub origin: String,
-    /// API host, when there is one.
+    /// API host, when it was used (not when the keep services came as JSON and the
+    /// flags gave what discovery would).
     pub api_host: Option<String>,
     /// The Keep client (holds the token; never logged).
     pub client: KeepClient,
@@ -146,8 +147,11 @@ pub fn load_settings(a: &ClusterArgs<'_>) -> Result<Loaded> {
     })
 }
 
-/// Connects a side whose settings were loaded with [`load_settings`]: discovery
-/// (unless services are given), Keep services.
+/// Connects a side whose settings were loaded with [`load_settings`]: discovery,
+/// cluster config and Keep services from the API server, except that with
+/// `-*-keep-services-json` the API server is asked only when `use_api` says a value
+/// that no flag gave is needed (the Go tool's use of `-dst-keep-services-json` with
+/// `-replications`: bare keepstores whose API server may not exist yet).
 ///
 /// # Errors
 /// One line naming the cluster and what failed.
@@ -155,6 +159,7 @@ pub async fn connect(
     a: &ClusterArgs<'_>,
     loaded: Loaded,
     options: ClientOptions,
+    use_api: bool,
 ) -> Result<Cluster> {
     let Loaded {
         mut settings,
@@ -163,10 +168,12 @@ pub async fn connect(
         services,
     } = loaded;
     settings.api_token = Some(token.clone());
+    let given = services.is_some();
+    let api_used = !given || (use_api && settings.api_host.is_some());
     let (client, info) = match (services, &settings.api_host) {
-        // Bare keepstores with no API server (the Go tool's use of
-        // -dst-keep-services-json): no discovery, so no default replication or TTL.
-        (Some(services), None) => {
+        // No API server, or none needed: no discovery, so no default replication or
+        // TTL except from flags.
+        (Some(services), _) if !use_api || settings.api_host.is_none() => {
             let options = ClientOptions {
                 insecure: options.insecure || settings.insecure,
                 ..options
@@ -177,7 +184,18 @@ pub async fn connect(
         }
         (services, _) => KeepClient::from_settings(&settings, options, services)
             .await
-            .with_context(|| format!("{} cluster ({})", a.role.name(), a.settings))?,
+            .with_context(|| {
+                let hint = match (given, a.role) {
+                    (false, _) => String::new(),
+                    (true, Role::Source) => {
+                        " (its blobSignatureTtl is needed: pass -src-blob-signature-ttl to do without the API server)".to_owned()
+                    }
+                    (true, Role::Destination) => {
+                        " (its defaultCollectionReplication is needed: pass -replications N to do without the API server)".to_owned()
+                    }
+                };
+                format!("{} cluster ({}){hint}", a.role.name(), a.settings)
+            })?,
     };
     if client.services().is_empty() {
         bail!(
@@ -189,7 +207,7 @@ pub async fn connect(
     Ok(Cluster {
         role: a.role,
         origin: a.settings.to_owned(),
-        api_host: settings.api_host.clone(),
+        api_host: settings.api_host.clone().filter(|_| api_used),
         client,
         token,
         key,

@@ -198,7 +198,8 @@ pub async fn run(
                         && !f.reason.contains("server error")
                         && !f.reason.contains("timeout")
                         && !f.reason.contains("connection")
-                        && !f.reason.contains("checksum");
+                        && !f.reason.contains("checksum")
+                        && !f.reason.contains("bad stored copy");
                     let threshold = SYSTEMATIC_AFTER;
                     if permanent && e.len() >= threshold && e.iter().all(|x| *x == f.reason) {
                         // Blocks still in flight fail the same way; the first

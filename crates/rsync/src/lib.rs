@@ -144,15 +144,23 @@ async fn run_inner(cli: Cli) -> Result<u8> {
         pool_max_idle_per_host: cli.concurrency.max(8),
         ..ClientOptions::default()
     };
+    // With keep services given as JSON, the API server is asked only for what no
+    // flag gave (the Go tool's use with -replications and -src-blob-signature-ttl).
+    let src_use_api = src_loaded.key.is_some() && cli.src_blob_signature_ttl.is_none();
+    let dst_use_api = cli.replications.is_none()
+        || (cli.verify_data && dst_loaded.key.is_some() && cli.dst_blob_signature_ttl.is_none());
     let (src, dst) = tokio::try_join!(
-        cluster::connect(&src_args, src_loaded, options.clone()),
-        cluster::connect(&dst_args, dst_loaded, options)
+        cluster::connect(&src_args, src_loaded, options.clone(), src_use_api),
+        cluster::connect(&dst_args, dst_loaded, options, dst_use_api)
     )?;
     same_cluster_check(&src, &dst)?;
 
-    let replicas = match cli.replications {
-        Some(r) => r as usize,
-        None => dst.default_replication.unwrap_or(2) as usize,
+    let replicas = match (cli.replications, dst.default_replication) {
+        (Some(r), _) => r as usize,
+        (None, Some(r)) => r as usize,
+        (None, None) => bail!(
+            "the destination's default replication is unknown (it has no discovery document); pass -replications N"
+        ),
     };
     let writable = dst
         .client
@@ -195,10 +203,23 @@ async fn run_inner(cli: Cli) -> Result<u8> {
     let src_down = scan::scan(&src, &cli.prefix, &planner, &progress).await?;
     let plan = planner.finish()?;
     let s = plan.stats();
-    progress.note(&format!(
-        "Before keep-rsync, there are {} blocks in src and {} blocks in dst. Start copying {} blocks from src not found in dst.",
-        s.src.blocks, s.dst.blocks, s.to_copy.blocks
-    ));
+    progress.note(&if cli.verify {
+        format!(
+            "There are {} blocks in src and {} blocks in dst; {} src blocks are missing or under-replicated in dst.",
+            s.src.blocks, s.dst.blocks, s.to_copy.blocks
+        )
+    } else if cli.dry_run {
+        format!(
+            "There are {} blocks in src and {} blocks in dst; {} blocks would be copied.",
+            s.src.blocks, s.dst.blocks, s.to_copy.blocks
+        )
+    } else {
+        // The Go tool's line, word for word: log scrapers look for it.
+        format!(
+            "Before keep-rsync, there are {} blocks in src and {} blocks in dst. Start copying {} blocks from src not found in dst.",
+            s.src.blocks, s.dst.blocks, s.to_copy.blocks
+        )
+    });
 
     let mut report = Report {
         mode: if cli.dry_run {

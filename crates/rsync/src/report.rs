@@ -44,6 +44,8 @@ pub struct Report {
     pub failed_by_reason: BTreeMap<String, u64>,
     /// With --verify-data: destination copies read back and checked.
     pub verified_copies: u64,
+    /// With --verify-data: bytes of those copies.
+    pub verified_bytes: u64,
     /// Blocks not attempted because the run was interrupted.
     pub not_attempted: Tally,
     /// Keep services that could not be reached while indexing (their blocks were
@@ -69,15 +71,13 @@ impl Report {
         self.failures.push(f);
     }
 
-    /// Sets the timing figures.
+    /// Sets the timing figures: the rate is of the bytes copied, or read back by
+    /// `--verify-data`, over the time after the indexes.
     pub fn set_elapsed(&mut self, elapsed: Duration, copy_time: Duration) {
         self.elapsed_seconds = elapsed.as_secs_f64();
         let t = copy_time.as_secs_f64();
-        self.bytes_per_second = if t > 0.0 {
-            self.copied.bytes as f64 / t
-        } else {
-            0.0
-        };
+        let moved = self.copied.bytes + self.verified_bytes;
+        self.bytes_per_second = if t > 0.0 { moved as f64 / t } else { 0.0 };
     }
 
     /// The exit code this report calls for.

@@ -63,11 +63,12 @@ pub async fn run(
     }
     let services = dst.client.services();
     let verified = AtomicU64::new(0);
+    let verified_bytes = AtomicU64::new(0);
     let room = BufferRoom::new(opts.buffer_memory);
     let checks = futures::stream::iter(plan.dst_copies_of_src_blocks())
         .take_while(|_| futures::future::ready(!stop.is_cancelled()))
         .map(|(todo, svc)| {
-            let (verified, room) = (&verified, &room);
+            let (verified, verified_bytes, room) = (&verified, &verified_bytes, &room);
             async move {
                 let _room = room.reserve(todo.size()).await;
                 let service = &services[usize::from(svc)];
@@ -75,16 +76,26 @@ pub async fn run(
                 match dst.client.get_from(service, &loc).await {
                     Ok(_) => {
                         verified.fetch_add(1, Ordering::Relaxed);
+                        verified_bytes.fetch_add(todo.size(), Ordering::Relaxed);
                         None
                     }
-                    Err(e) => Some((
-                        todo,
-                        Failure {
-                            locator: todo.locator().to_string(),
-                            reason: format!("destination copy: {}", e.reason()),
-                            detail: format!("on {}: {e}", service.uuid),
-                        },
-                    )),
+                    Err(e) => {
+                        // Most errors of one service already name it.
+                        let msg = e.to_string();
+                        let detail = if msg.contains(&service.uuid) {
+                            msg
+                        } else {
+                            format!("on {}: {msg}", service.uuid)
+                        };
+                        Some((
+                            todo,
+                            Failure {
+                                locator: todo.locator().to_string(),
+                                reason: format!("destination copy: {}", e.reason()),
+                                detail,
+                            },
+                        ))
+                    }
                 }
             }
         })
@@ -101,4 +112,5 @@ pub async fn run(
         }
     }
     report.verified_copies = verified.load(Ordering::Relaxed);
+    report.verified_bytes = verified_bytes.load(Ordering::Relaxed);
 }

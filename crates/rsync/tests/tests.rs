@@ -12,3 +12,4 @@ mod reliability;
 mod resume;
 mod security;
 mod shards;
+mod upstream;

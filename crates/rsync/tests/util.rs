@@ -1,6 +1,6 @@
 //! Two clusters, settings files for them, and a way to run the real binary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use keep_client::BlockHash;
@@ -116,7 +116,12 @@ impl Run {
 }
 
 pub(crate) async fn run(args: &[String]) -> Run {
-    let out: Output = tokio::process::Command::new(env!("CARGO_BIN_EXE_keep-rsync"))
+    run_program(Path::new(env!("CARGO_BIN_EXE_keep-rsync")), args).await
+}
+
+/// Runs `program` (keep-rsync, or the original Go tool) with `args`.
+pub(crate) async fn run_program(program: &Path, args: &[String]) -> Run {
+    let out: Output = tokio::process::Command::new(program)
         .args(args)
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1")

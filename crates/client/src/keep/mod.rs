@@ -183,6 +183,13 @@ fn is_permission_answer(status: u16, body: &str) -> bool {
     }
 }
 
+/// A keepstore's answer that its stored copy is damaged: 502 `checksum mismatch in
+/// stored data` (3.x) or 500 `Hash mismatch in stored data` (2.x), §5.3, §14.
+fn is_bad_stored_copy_answer(status: u16, body: &str) -> bool {
+    (status == 502 && body.contains("checksum mismatch in stored data"))
+        || (status == 500 && body.contains("Hash mismatch in stored data"))
+}
+
 impl KeepClient {
     /// A client for `services`, authenticating with `token`.
     ///
@@ -498,6 +505,13 @@ impl KeepClient {
                     message: format!("HTTP {code}: {body}"),
                 });
             }
+            if is_bad_stored_copy_answer(code, &body) {
+                return Err(Error::BadStoredCopy {
+                    locator: locator.unsigned(),
+                    service: svc.uuid.clone(),
+                    message: format!("HTTP {code}: {body}"),
+                });
+            }
             return Err(Error::Http {
                 service: svc.uuid.clone(),
                 status: code,
@@ -536,11 +550,19 @@ impl KeepClient {
         let capacity = usize::try_from(capacity).unwrap_or(0);
         let mut buf = BytesMut::with_capacity(capacity);
         let mut md5 = (kind == ReadKind::Get).then(Md5::new);
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| transport_error(&svc.uuid, e, true))?
-        {
+        let announced = expected.or(content_length);
+        while let Some(chunk) = resp.chunk().await.map_err(|e| {
+            match (transport_error(&svc.uuid, e, true), announced) {
+                (Error::Transfer { message, .. }, Some(n)) => Error::CutShort {
+                    locator: locator.unsigned(),
+                    service: svc.uuid.clone(),
+                    received: buf.len() as u64,
+                    expected: n,
+                    message,
+                },
+                (e, _) => e,
+            }
+        })? {
             if buf.len() as u64 + chunk.len() as u64 > limit {
                 return Err(size_mismatch(format!("received more than {limit} bytes")));
             }
@@ -591,6 +613,20 @@ mod tests {
                 .bytes()
                 .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
         );
+    }
+
+    #[test]
+    fn bad_stored_copy_answers() {
+        assert!(is_bad_stored_copy_answer(
+            502,
+            "checksum mismatch in stored data"
+        ));
+        assert!(is_bad_stored_copy_answer(
+            500,
+            "Hash mismatch in stored data"
+        ));
+        assert!(!is_bad_stored_copy_answer(502, "Bad Gateway"));
+        assert!(!is_bad_stored_copy_answer(500, "hash collision"));
     }
 
     #[test]
