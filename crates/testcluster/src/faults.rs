@@ -189,7 +189,9 @@ impl Faults {
     }
 }
 
-/// Fault controls of one service, from [`crate::TestCluster::faults`].
+/// Fault controls of one service, from [`crate::TestCluster::faults`]. The setters
+/// panic if their fault cannot be applied (e.g. `fail_next` with a method name that
+/// is not one): a test must not pass without the fault it asked for.
 #[derive(Clone)]
 pub struct FaultHandle {
     pub(crate) faults: std::sync::Arc<Faults>,
@@ -205,9 +207,18 @@ impl FaultHandle {
         self.faults.apply(spec)
     }
 
+    /// [`FaultHandle::apply`] for the helpers below, which take only valid values: a
+    /// spec that cannot be applied is a broken test, so it panics instead of letting
+    /// the test pass without its fault.
+    fn must_apply(&self, spec: &FaultSpec) {
+        if let Err(e) = self.apply(spec) {
+            panic!("fault {spec:?} cannot be applied: {e:#}");
+        }
+    }
+
     /// Removes every fault.
     pub fn clear(&self) {
-        let _ = self.apply(&FaultSpec {
+        self.must_apply(&FaultSpec {
             clear: true,
             ..Default::default()
         });
@@ -215,7 +226,7 @@ impl FaultHandle {
 
     /// Adds latency before each request.
     pub fn set_latency(&self, latency: Duration) {
-        let _ = self.apply(&FaultSpec {
+        self.must_apply(&FaultSpec {
             latency_ms: Some(latency.as_millis() as u64),
             ..Default::default()
         });
@@ -223,7 +234,7 @@ impl FaultHandle {
 
     /// Limits bandwidth to `bytes_per_sec` (None removes the limit).
     pub fn set_bandwidth(&self, bytes_per_sec: Option<u64>) {
-        let _ = self.apply(&FaultSpec {
+        self.must_apply(&FaultSpec {
             bandwidth: Some(bytes_per_sec.unwrap_or(0)),
             ..Default::default()
         });
@@ -231,7 +242,7 @@ impl FaultHandle {
 
     /// Answers the next `n` requests (only those with `method`, if given) with `status`.
     pub fn fail_next(&self, n: u64, status: u16, method: Option<&str>) {
-        let _ = self.apply(&FaultSpec {
+        self.must_apply(&FaultSpec {
             status: Some(status),
             burst: Some(n.max(1)),
             method: method.map(str::to_owned),
@@ -242,7 +253,7 @@ impl FaultHandle {
     /// Answers each request (only those with `method`, if given) with `status` with
     /// probability `p`, drawn from the cluster's seeded RNG.
     pub fn fail_rate(&self, p: f64, status: u16, method: Option<&str>) {
-        let _ = self.apply(&FaultSpec {
+        self.must_apply(&FaultSpec {
             status: Some(status),
             rate: Some(p.clamp(0.0, 1.0)),
             method: method.map(str::to_owned),
@@ -252,7 +263,7 @@ impl FaultHandle {
 
     /// Leaves the end-of-index blank line out of index responses.
     pub fn set_truncate_index(&self, on: bool) {
-        let _ = self.apply(&FaultSpec {
+        self.must_apply(&FaultSpec {
             truncate_index: Some(on),
             ..Default::default()
         });
@@ -260,7 +271,7 @@ impl FaultHandle {
 
     /// Adds [`MALFORMED_INDEX_LINE`] to index responses, before the end-of-index line.
     pub fn set_malformed_index(&self, on: bool) {
-        let _ = self.apply(&FaultSpec {
+        self.must_apply(&FaultSpec {
             malformed_index: Some(on),
             ..Default::default()
         });
@@ -268,7 +279,7 @@ impl FaultHandle {
 
     /// Flips a byte in each block body sent with 200.
     pub fn set_corrupt_reads(&self, on: bool) {
-        let _ = self.apply(&FaultSpec {
+        self.must_apply(&FaultSpec {
             corrupt: Some(on),
             ..Default::default()
         });
@@ -276,7 +287,7 @@ impl FaultHandle {
 
     /// Sends only half of each block body under a full `Content-Length`.
     pub fn set_truncate_body(&self, on: bool) {
-        let _ = self.apply(&FaultSpec {
+        self.must_apply(&FaultSpec {
             truncate_body: Some(on),
             ..Default::default()
         });
@@ -284,7 +295,7 @@ impl FaultHandle {
 
     /// Answers 503 beyond `max` concurrent requests (None removes the cap).
     pub fn set_max_concurrent(&self, max: Option<usize>) {
-        let _ = self.apply(&FaultSpec {
+        self.must_apply(&FaultSpec {
             max_concurrent: Some(max.unwrap_or(0)),
             ..Default::default()
         });

@@ -1,12 +1,9 @@
 //! The real Arvados Python SDK against a running `keep-testcluster` (issue 3). Slow and
-//! needs PyPI once, so it runs only with `KEEP_TESTCLUSTER_INTEROP=1`.
+//! needs PyPI once, so a bare `cargo test` reports it as ignored; `scripts/test` runs it.
 
 #[test]
+#[ignore = "needs the Python SDK (PyPI, once); scripts/test runs it"]
 fn python_sdk_interop() {
-    if std::env::var_os("KEEP_TESTCLUSTER_INTEROP").is_none() {
-        eprintln!("skipped: set KEEP_TESTCLUSTER_INTEROP=1 to run the Python SDK interop suite");
-        return;
-    }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/run_interop.sh");
     let st = std::process::Command::new(script)
         .arg("--proxy")
