@@ -32,6 +32,14 @@ pub struct Builder {
     pub(crate) index_mtime_seconds: bool,
     pub(crate) request_log_file: Option<bool>,
     pub(crate) config_derived_uuids: bool,
+    /// (keepstore, volume) -> Replication.
+    pub(crate) volume_replication: Vec<((usize, usize), u32)>,
+    /// (keepstore, volume) -> storage classes.
+    pub(crate) volume_classes: Vec<((usize, usize), Vec<String>)>,
+    /// (keepstore, volume) also mounted by keepstore.
+    pub(crate) shared: Vec<((usize, usize), usize)>,
+    /// Declared storage classes: (name, default, priority).
+    pub(crate) storage_classes: Vec<(String, bool, i32)>,
 }
 
 impl Default for Builder {
@@ -61,6 +69,10 @@ impl Default for Builder {
             index_mtime_seconds: false,
             request_log_file: None,
             config_derived_uuids: false,
+            volume_replication: Vec::new(),
+            volume_classes: Vec::new(),
+            shared: Vec::new(),
+            storage_classes: Vec::new(),
         }
     }
 }
@@ -195,6 +207,43 @@ impl Builder {
     /// digits>`. Go and Python order such services differently (§4.1). Default off.
     pub fn config_derived_uuids(mut self, on: bool) -> Self {
         self.config_derived_uuids = on;
+        self
+    }
+
+    /// Gives volume `volume` of keepstore `keepstore` a `Replication` of `n` (an object
+    /// store that keeps its own copies): a block stored there counts `n` times in
+    /// `X-Keep-Replicas-Stored` and per class. Default 1.
+    pub fn volume_replication(mut self, keepstore: usize, volume: usize, n: u32) -> Self {
+        self.volume_replication
+            .push(((keepstore, volume), n.max(1)));
+        self
+    }
+
+    /// Puts volume `volume` of keepstore `keepstore` in these storage classes (declare
+    /// them with [`Builder::storage_class`]). Default: class `default`.
+    pub fn volume_classes(mut self, keepstore: usize, volume: usize, classes: &[&str]) -> Self {
+        self.volume_classes.push((
+            (keepstore, volume),
+            classes.iter().map(|c| (*c).to_owned()).collect(),
+        ));
+        self
+    }
+
+    /// Lets keepstore `also` mount volume `volume` of keepstore `keepstore` too, as
+    /// `AccessViaHosts` does: one volume (same UUID and `device_id` in `/mounts`, same
+    /// blocks) listed by both. Default: no sharing.
+    pub fn shared_volume(mut self, keepstore: usize, volume: usize, also: usize) -> Self {
+        self.shared.push(((keepstore, volume), also));
+        self
+    }
+
+    /// Declares a storage class in the cluster config (`StorageClasses`, exported by
+    /// `/arvados/v1/config`): whether clients use it by default, and its priority
+    /// (keepstore tries volumes of higher priority first, §4.2). Default: only
+    /// `default` (Default: true, Priority 0).
+    pub fn storage_class(mut self, name: &str, default: bool, priority: i32) -> Self {
+        self.storage_classes
+            .push((name.to_owned(), default, priority));
         self
     }
 

@@ -18,9 +18,19 @@ pub(crate) struct Config {
     pub(crate) legacy_signatures: bool,
     pub(crate) index_mtime_seconds: bool,
     pub(crate) replication: u64,
+    /// Declared storage classes: (name, default, priority); never empty.
+    pub(crate) storage_classes: Vec<(String, bool, i32)>,
 }
 
 impl Config {
+    /// A class's priority (0 when undeclared).
+    pub(crate) fn class_priority(&self, class: &str) -> i32 {
+        self.storage_classes
+            .iter()
+            .find(|(n, _, _)| n == class)
+            .map_or(0, |(_, _, p)| *p)
+    }
+
     pub(crate) fn signature_format(&self) -> SignatureFormat {
         if self.legacy_signatures {
             SignatureFormat::Legacy

@@ -180,7 +180,9 @@ impl Controller {
                 "DefaultTrashLifetime": "336h",
                 "TrustAllContent": false,
             },
-            "StorageClasses": {"default": {"Default": true, "Priority": 0}},
+            "StorageClasses": self.cfg.storage_classes.iter()
+                .map(|(n, d, p)| (n.clone(), json!({"Default": d, "Priority": p})))
+                .collect::<serde_json::Map<String, Value>>(),
             "Services": {"Controller": {"ExternalURL": format!("https://{}/", self.api_host)}},
             "API": {"MaxItemsPerResponse": 1000},
             "RemoteClusters": {},

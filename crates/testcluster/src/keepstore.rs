@@ -221,13 +221,18 @@ impl Keepstore {
             .volumes
             .iter()
             .map(|v| {
+                let classes: serde_json::Map<String, serde_json::Value> = v
+                    .classes
+                    .iter()
+                    .map(|c| (c.clone(), serde_json::Value::Bool(true)))
+                    .collect();
                 serde_json::json!({
                     "uuid": v.uuid,
-                    "device_id": format!("{}:{}", self.uuid, v.uuid),
+                    "device_id": v.device_id,
                     "allow_write": v.writable(),
                     "allow_trash": v.writable(),
                     "replication": v.replication,
-                    "storage_classes": {"default": true},
+                    "storage_classes": classes,
                 })
             })
             .collect();
@@ -240,13 +245,34 @@ impl Keepstore {
         r
     }
 
-    /// Volumes in the §4.2 order for `hash` (one priority: ascending md5 weight).
+    /// Volumes in the §4.2 order for `hash`: descending priority (the highest of the
+    /// volume's classes), then ascending `md5(hash + uuid[12:])` (the whole UUID when it
+    /// is not 27 characters). Written here from the spec, not taken from keep-client:
+    /// a client bug must not be copied into the server that tests it.
     pub(crate) fn ordered(&self, hash: &BlockHash) -> Vec<Arc<Volume>> {
-        let uuids: Vec<&str> = self.volumes.iter().map(|v| v.uuid.as_str()).collect();
-        keep_client::rendezvous::volume_order(hash, &uuids)
-            .into_iter()
-            .map(|i| Arc::clone(&self.volumes[i]))
-            .collect()
+        use md5::Digest as _;
+        let hex = hash.to_hex();
+        let mut v: Vec<(i32, [u8; 16], Arc<Volume>)> = self
+            .volumes
+            .iter()
+            .map(|vol| {
+                let part = if vol.uuid.len() == 27 {
+                    &vol.uuid[12..]
+                } else {
+                    &vol.uuid[..]
+                };
+                let weight: [u8; 16] = md5::Md5::digest(format!("{hex}{part}")).into();
+                let priority = vol
+                    .classes
+                    .iter()
+                    .map(|c| self.cfg.class_priority(c))
+                    .max()
+                    .unwrap_or(0);
+                (priority, weight, Arc::clone(vol))
+            })
+            .collect();
+        v.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        v.into_iter().map(|(_, _, vol)| vol).collect()
     }
 
     fn not_found(&self) -> Response<Body> {
@@ -494,10 +520,10 @@ impl Keepstore {
                 )
             };
         }
-        // Every volume is in class "default" (§5.5); other classes want no mount.
-        let wanted = classes.is_empty() || classes.iter().any(|c| c == "default");
-        match self.write_block(&got, data.clone(), wanted).await {
-            Ok(replicas) => {
+        match self.write_block(&got, data.clone(), classes).await {
+            Ok(stored) => {
+                let replicas = stored.replicas;
+                let confirmed = stored.confirmed();
                 let base = Locator::new(got, data.len() as u64);
                 let out = match token {
                     Some(t) if !self.cfg.signing_key.is_empty() => sign(
@@ -519,7 +545,7 @@ impl Keepstore {
                 h.insert("x-keep-replicas-stored", HeaderValue::from(replicas));
                 h.insert(
                     "x-keep-storage-classes-confirmed",
-                    HeaderValue::from_str(&format!("default={replicas}")).expect("ascii"),
+                    HeaderValue::from_str(&confirmed).unwrap_or(HeaderValue::from_static("")),
                 );
                 r
             }
@@ -541,47 +567,58 @@ impl Keepstore {
         }
     }
 
-    /// §5.4 steps 4-5: touch an identical copy on a writable mount, else write to the
-    /// first writable mount (volume order) that accepts it. Returns replicas stored.
+    /// §5.4 steps 4-5, as keepstore's `putProgress` does it: first touch identical
+    /// copies on writable volumes that are still wanted, then write to wanted volumes
+    /// in volume order until every requested class has a volume (any one volume when
+    /// no class is requested). A volume is wanted while it is in a class still to do
+    /// (or, with no class requested, until one volume is used). Replicas and classes
+    /// count each used volume's `Replication`.
     pub(crate) async fn write_block(
         &self,
         hash: &BlockHash,
         data: Bytes,
-        wanted: bool,
-    ) -> Result<u64, PutFailure> {
+        classes: &[String],
+    ) -> Result<PutProgress, PutFailure> {
         let writable: Vec<Arc<Volume>> = self
             .ordered(hash)
             .into_iter()
             .filter(|v| v.writable())
             .collect();
-        if !wanted || writable.is_empty() {
-            return Err(PutFailure::Full);
-        }
+        let mut p = PutProgress::new(classes);
         for v in &writable {
+            if !p.wants(v) {
+                continue;
+            }
             if let Ok(Some(existing)) = v.get(hash).await {
                 // A stored copy that fails its own hash is damaged, not a collision:
                 // 2.x wrote over it (seen against 2.7.4); 3.x calls it a collision.
                 if existing != data && (!self.v2() || BlockHash::of(&existing) == *hash) {
                     return Err(PutFailure::Collision);
                 }
-                if existing != data {
-                    continue;
-                }
-                if v.touch(hash).await {
-                    return Ok(v.replication);
+                if existing == data && v.touch(hash).await {
+                    p.add(v);
                 }
             }
         }
         let mut all_full = true;
         for v in &writable {
+            if p.done() {
+                break;
+            }
+            if !p.wants(v) {
+                continue;
+            }
             match v.put(hash, data.clone()).await {
-                Ok(()) => return Ok(v.replication),
+                Ok(()) => p.add(v),
                 Err(WriteError::Full) => {}
                 Err(WriteError::Other(e)) => {
                     tracing::warn!(volume = %v.uuid, error = %e, "write failed");
                     all_full = false;
                 }
             }
+        }
+        if p.replicas > 0 {
+            return Ok(p);
         }
         Err(if all_full {
             PutFailure::Full
@@ -680,6 +717,57 @@ fn sniff(data: &[u8]) -> Option<HeaderValue> {
         (true, _) => None,
         (false, true) => Some(HeaderValue::from_static("application/octet-stream")),
         (false, false) => Some(HeaderValue::from_static("text/plain; charset=utf-8")),
+    }
+}
+
+/// What a PUT has stored so far (keepstore's `putProgress`).
+#[derive(Debug)]
+pub(crate) struct PutProgress {
+    /// Requested classes not yet on a used volume.
+    todo: Vec<String>,
+    used: Vec<String>,
+    pub(crate) replicas: u64,
+    /// Replicas per class of the used volumes (requested or not).
+    done: std::collections::BTreeMap<String, u64>,
+}
+
+impl PutProgress {
+    fn new(classes: &[String]) -> PutProgress {
+        let mut todo: Vec<String> = classes.iter().filter(|c| !c.is_empty()).cloned().collect();
+        todo.sort();
+        todo.dedup();
+        PutProgress {
+            todo,
+            used: Vec::new(),
+            replicas: 0,
+            done: Default::default(),
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.todo.is_empty() && self.replicas > 0
+    }
+
+    fn wants(&self, v: &Volume) -> bool {
+        if self.done() || self.used.contains(&v.uuid) {
+            return false;
+        }
+        self.todo.is_empty() || v.classes.iter().any(|c| self.todo.contains(c))
+    }
+
+    fn add(&mut self, v: &Volume) {
+        self.used.push(v.uuid.clone());
+        self.replicas += v.replication;
+        for c in &v.classes {
+            *self.done.entry(c.clone()).or_default() += v.replication;
+            self.todo.retain(|t| t != c);
+        }
+    }
+
+    /// `X-Keep-Storage-Classes-Confirmed`: every class of the used volumes.
+    fn confirmed(&self) -> String {
+        let items: Vec<String> = self.done.iter().map(|(c, n)| format!("{c}={n}")).collect();
+        items.join(", ")
     }
 }
 

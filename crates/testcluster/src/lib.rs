@@ -93,6 +93,42 @@ pub fn report_figure(scenario: &str, tried: &str, held: &str) {
     }
 }
 
+/// The order in which Go's `RootSorter` (and keep-balance) rank keep services for a
+/// block (§4.1): heaviest `md5(hash + uuid[12:])` first, the whole UUID weighing when
+/// it is not 27 characters. Written here from the spec, not taken from keep-client, so
+/// that the cluster that tests the client cannot share its bugs.
+pub(crate) fn probe_order(hash: &BlockHash, uuids: &[&str]) -> Vec<usize> {
+    use md5::Digest as _;
+    let hex = hash.to_hex();
+    let mut w: Vec<([u8; 16], usize)> = uuids
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let part = if u.len() == 27 { &u[12..] } else { u };
+            (md5::Md5::digest(format!("{hex}{part}")).into(), i)
+        })
+        .collect();
+    w.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    w.into_iter().map(|(_, i)| i).collect()
+}
+
+/// The blocks stored on one volume, with sizes.
+async fn volume_blocks(v: &Volume) -> Vec<(BlockHash, u64)> {
+    let mut out = Vec::new();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    match v.index("", tx) {
+        volume::IndexJob::Ready(e) => out.extend(e.into_iter().map(|(h, s, _)| (h, s))),
+        volume::IndexJob::Blocking(f) => {
+            let w = tokio::task::spawn_blocking(f);
+            while let Some(c) = rx.recv().await {
+                out.extend(c.into_iter().map(|(h, s, _)| (h, s)));
+            }
+            let _ = w.await;
+        }
+    }
+    out
+}
+
 /// The default `BlobSigningTTL`: 336h (§3.1).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(1_209_600);
 
@@ -250,6 +286,11 @@ impl TestCluster {
             legacy_signatures: b.legacy_signatures,
             index_mtime_seconds: b.index_mtime_seconds,
             replication: b.replication,
+            storage_classes: if b.storage_classes.is_empty() {
+                vec![("default".to_owned(), true, 0)]
+            } else {
+                b.storage_classes.clone()
+            },
         });
         let log_path = b
             .request_log_file
@@ -258,17 +299,9 @@ impl TestCluster {
         let log = Arc::new(reqlog::RequestLog::new(log_path.as_deref())?);
 
         // Keepstores: bind first, then serve (style.md B4).
-        let mut keepstores = Vec::new();
-        let mut listeners = Vec::new();
-        let mut entries = Vec::new();
+        // Volumes first, so that a shared one can be given to its second keepstore.
+        let mut volumes: Vec<Vec<Arc<Volume>>> = Vec::new();
         for k in 0..b.keepstores {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let port = listener.local_addr()?.port();
-            let uuid = if b.config_derived_uuids {
-                upstream::config_derived_uuid(&id, &format!("http://127.0.0.1:{port}/"))
-            } else {
-                format!("{id}-bi6l4-{k:015}")
-            };
             let mut vols = Vec::new();
             for v in 0..b.volumes_per_keepstore {
                 let vuuid = format!("{id}-nyw5e-{:015}", k * 1000 + v);
@@ -277,12 +310,19 @@ impl TestCluster {
                 } else {
                     Kind::Dir(dir.join(format!("keep{k}")).join(format!("vol{v}")))
                 };
-                vols.push(Arc::new(Volume::new(
+                let mut vol = Volume::new(
                     vuuid,
                     kind,
                     b.read_only.contains(&(k, v)),
                     b.full.contains(&(k, v)),
-                )?));
+                )?;
+                if let Some((_, n)) = b.volume_replication.iter().find(|(kv, _)| *kv == (k, v)) {
+                    vol.replication = u64::from(*n);
+                }
+                if let Some((_, c)) = b.volume_classes.iter().find(|(kv, _)| *kv == (k, v)) {
+                    vol.classes = c.clone();
+                }
+                vols.push(Arc::new(vol));
             }
             if k == 0 {
                 if let Some((n, seed)) = b.synthetic {
@@ -291,6 +331,33 @@ impl TestCluster {
                     vols.push(Arc::new(Volume::new(vuuid, kind, true, false)?));
                 }
             }
+            volumes.push(vols);
+        }
+        // Shared volumes (`AccessViaHosts`): the same volume (UUID, device, blocks) on a
+        // second keepstore.
+        for &((k, v), also) in &b.shared {
+            let vol = volumes
+                .get(k)
+                .and_then(|vols| vols.get(v))
+                .cloned()
+                .with_context(|| format!("shared_volume: no volume {v} on keepstore {k}"))?;
+            volumes
+                .get_mut(also)
+                .with_context(|| format!("shared_volume: no keepstore {also}"))?
+                .push(vol);
+        }
+
+        let mut keepstores = Vec::new();
+        let mut listeners = Vec::new();
+        let mut entries = Vec::new();
+        for (k, mut vols) in volumes.into_iter().enumerate() {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let port = listener.local_addr()?.port();
+            let uuid = if b.config_derived_uuids {
+                upstream::config_derived_uuid(&id, &format!("http://127.0.0.1:{port}/"))
+            } else {
+                format!("{id}-bi6l4-{k:015}")
+            };
             vols.sort_by(|a, b| a.uuid.cmp(&b.uuid));
             let faults = Arc::new(faults::Faults::new(seed_for(fault_seed, &uuid)));
             let ks = Arc::new(Keepstore {
@@ -691,7 +758,7 @@ impl TestCluster {
     pub async fn put_block_on(&self, i: usize, data: &[u8]) -> anyhow::Result<Locator> {
         let ks = self.keepstore(i)?;
         let hash = BlockHash::of(data);
-        ks.write_block(&hash, Bytes::copy_from_slice(data), true)
+        ks.write_block(&hash, Bytes::copy_from_slice(data), &[])
             .await
             .map_err(|e| anyhow::anyhow!("keepstore {i}: {e:?}"))?;
         Ok(Locator::of(data))
@@ -712,33 +779,43 @@ impl TestCluster {
             .iter()
             .map(|(k, _)| k.uuid.as_str())
             .collect();
-        let order = keep_client::rendezvous::probe_order(&BlockHash::of(data), &uuids);
+        let order = probe_order(&BlockHash::of(data), &uuids);
         for &i in order.iter().take(replicas) {
             self.put_block_on(i, data).await?;
         }
         Ok(Locator::of(data))
     }
 
-    /// The blocks on keepstore `i` (every volume; duplicates kept), with sizes.
+    /// The blocks on keepstore `i` (every volume, shared ones too; duplicates kept),
+    /// with sizes.
     pub async fn blocks_on(&self, i: usize) -> Vec<(BlockHash, u64)> {
         let Ok(ks) = self.keepstore(i) else {
             return Vec::new();
         };
         let mut out = Vec::new();
         for v in &ks.volumes {
-            let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-            match v.index("", tx) {
-                volume::IndexJob::Ready(e) => out.extend(e.into_iter().map(|(h, s, _)| (h, s))),
-                volume::IndexJob::Blocking(f) => {
-                    let w = tokio::task::spawn_blocking(f);
-                    while let Some(c) = rx.recv().await {
-                        out.extend(c.into_iter().map(|(h, s, _)| (h, s)));
-                    }
-                    let _ = w.await;
+            out.extend(volume_blocks(v).await);
+        }
+        out
+    }
+
+    /// Every block and the volumes (UUIDs, each once however many keepstores mount
+    /// it) that hold it: the replicas as keep-balance counts them.
+    pub async fn holdings_by_volume(&self) -> std::collections::BTreeMap<BlockHash, Vec<String>> {
+        let mut seen = Vec::new();
+        let mut m: std::collections::BTreeMap<BlockHash, Vec<String>> = Default::default();
+        for (ks, _) in &self.keepstores {
+            for v in &ks.volumes {
+                if seen.contains(&v.uuid) {
+                    continue;
+                }
+                seen.push(v.uuid.clone());
+                for (h, _) in volume_blocks(v).await {
+                    m.entry(h).or_default().push(v.uuid.clone());
                 }
             }
         }
-        out
+        m
     }
 
     /// Removes a block from every volume of keepstore `i`; true if it was there.

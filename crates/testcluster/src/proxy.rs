@@ -145,7 +145,7 @@ impl Proxy {
         let rid = req.headers().get("x-request-id").cloned();
         let uuids: Vec<&str> = self.stores.iter().map(|s| s.1.as_str()).collect();
         let (mut n404, mut temporary) = (0, false);
-        for i in keep_client::rendezvous::probe_order(&loc.hash(), &uuids) {
+        for i in crate::probe_order(&loc.hash(), &uuids) {
             let svc = &self.stores[i].0;
             if !svc.is_up() {
                 temporary = true;
@@ -266,7 +266,7 @@ impl Proxy {
             .iter()
             .map(|&i| self.stores[i].1.as_str())
             .collect();
-        let order: Vec<usize> = keep_client::rendezvous::probe_order(&hash, &uuids)
+        let order: Vec<usize> = crate::probe_order(&hash, &uuids)
             .into_iter()
             .map(|j| writable[j])
             .collect();

@@ -3,7 +3,7 @@
 //! cannot be.
 //!
 //! [`Upstream::find`] locates the binaries (`KEEP_UPSTREAM_ARVADOS=DIR`, else
-//! `../shared/upstream-arvados` beside the repository). [`RealCluster::builder`] starts
+//! `../shared/upstream-arvados` beside the repository). [`Upstream::cluster`] starts
 //! N keepstores of one cluster on `127.0.0.1`, each a process of its own with its own
 //! config file, random secrets and Directory volumes (volume `Replication`,
 //! `StorageClasses`, a volume shared by two keepstores through `AccessViaHosts`), as

@@ -41,7 +41,12 @@ pub(crate) struct Volume {
     pub(crate) uuid: String,
     pub(crate) read_only: bool,
     pub(crate) full: AtomicBool,
+    /// Copies the volume keeps of each block (`Replication`).
     pub(crate) replication: u64,
+    /// Its storage classes (never empty: `default` unless set).
+    pub(crate) classes: Vec<String>,
+    /// What `/mounts` calls where it lives: the same on every keepstore that mounts it.
+    pub(crate) device_id: String,
     pub(crate) kind: Kind,
 }
 
@@ -55,11 +60,17 @@ impl Volume {
         if let Kind::Dir(p) = &kind {
             std::fs::create_dir_all(p)?;
         }
+        let device_id = match &kind {
+            Kind::Dir(p) => format!("localhost:{}", p.display()),
+            Kind::Memory(_) | Kind::Synthetic(_) => format!("memory:{uuid}"),
+        };
         Ok(Volume {
             uuid,
             read_only,
             full: AtomicBool::new(full),
             replication: 1,
+            classes: vec!["default".to_owned()],
+            device_id,
             kind,
         })
     }
