@@ -70,6 +70,72 @@ impl KeepService {
     }
 }
 
+/// One mount (volume) of a keepstore, as its `/mounts` lists it (§5.7).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Mount {
+    /// The volume UUID: the same on every keepstore that mounts a shared volume, so a
+    /// block stored there is one replica however many keepstores list it (this is
+    /// how keep-balance tells volumes apart).
+    pub uuid: String,
+    /// Where the data lives (`s3://...`, `host:/path`; empty on 2.x Directory volumes).
+    pub device_id: String,
+    /// Whether this keepstore writes to it.
+    pub allow_write: bool,
+    /// Copies the volume keeps of each block (an object store may keep 2 or more);
+    /// at least 1.
+    pub replication: u32,
+    /// Its storage classes, sorted (`default` when it names none).
+    pub storage_classes: Vec<String>,
+}
+
+/// Parses a keepstore's `/mounts` answer (§5.7).
+///
+/// # Errors
+/// [`Error::Config`] saying which item and field is wrong.
+pub fn parse_mounts_json(text: &str) -> Result<Vec<Mount>> {
+    let doc: Value =
+        serde_json::from_str(text).map_err(|e| Error::Config(format!("/mounts: {e}")))?;
+    let items = doc
+        .as_array()
+        .ok_or_else(|| Error::Config("/mounts: not a JSON array".into()))?;
+    let mut out = Vec::with_capacity(items.len());
+    for (i, m) in items.iter().enumerate() {
+        let bad = |what: &str| Error::Config(format!("/mounts: item {i}: {what}"));
+        let uuid = m["uuid"]
+            .as_str()
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| bad("no \"uuid\""))?
+            .to_owned();
+        let replication = match &m["replication"] {
+            Value::Null => 1,
+            v => v
+                .as_u64()
+                .ok_or_else(|| bad("\"replication\" is not a number"))?
+                .clamp(1, u64::from(u32::MAX)) as u32,
+        };
+        let mut storage_classes: Vec<String> = match &m["storage_classes"] {
+            Value::Object(o) => o
+                .iter()
+                .filter(|(_, on)| on.as_bool() == Some(true))
+                .map(|(c, _)| c.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        if storage_classes.is_empty() {
+            storage_classes.push("default".to_owned());
+        }
+        storage_classes.sort();
+        out.push(Mount {
+            uuid,
+            device_id: m["device_id"].as_str().unwrap_or_default().to_owned(),
+            allow_write: m["allow_write"].as_bool().unwrap_or(false),
+            replication,
+            storage_classes,
+        });
+    }
+    Ok(out)
+}
+
 /// `scheme://host:port` with an IPv6 host bracketed (Python does, Go does not; an
 /// unbracketed IPv6 URL would not parse).
 fn base_url(ssl: bool, host: &str, port: u16) -> String {
@@ -243,6 +309,32 @@ mod tests {
         assert!(parse_keep_services_json("not json").is_err());
         let e = load_keep_services_json("/nonexistent/file.json").unwrap_err();
         assert!(e.to_string().contains("/nonexistent/file.json"), "{e}");
+    }
+
+    /// What 3.2.1 and 2.7.4 keepstores answer (2.x adds its driver parameters).
+    #[test]
+    fn mounts() {
+        let m = parse_mounts_json(
+            r#"[{"uuid":"zzzzz-nyw5e-000000000000000","device_id":"vm:/v0","allow_write":true,
+                 "allow_trash":true,"replication":2,"storage_classes":{"default":true}},
+                {"uuid":"zzzzz-nyw5e-000000000000001","device_id":"","allow_write":false,
+                 "allow_trash":false,"replication":1,"storage_classes":{"archive":true,"hot":false},
+                 "Volume":{"Root":"/v1","Serialize":false}},
+                {"uuid":"zzzzz-nyw5e-000000000000002"}]"#,
+        )
+        .unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].replication, 2);
+        assert!(m[0].allow_write);
+        assert_eq!(m[0].storage_classes, ["default"]);
+        assert_eq!(m[1].storage_classes, ["archive"]);
+        assert!(!m[1].allow_write);
+        assert_eq!(
+            (m[2].replication, &m[2].storage_classes[..]),
+            (1, &["default".to_string()][..])
+        );
+        assert!(parse_mounts_json("{}").is_err());
+        assert!(parse_mounts_json(r#"[{"replication":1}]"#).is_err());
     }
 
     #[test]

@@ -110,6 +110,12 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub dst_blob_signing_key_file: Option<PathBuf>,
 
+    /// Storage classes to write to and count in, comma-separated (e.g. archive or
+    /// default,archive) [default: the destination's default classes, from its
+    /// exported config]. Each class must hold the replication level.
+    #[arg(long, value_name = "CLASS,...", value_delimiter = ',')]
+    pub storage_classes: Vec<String>,
+
     /// Blocks copied at once. Reads of some blocks overlap writes of others. 32 was
     /// the fastest on a LAN; across a WAN try 64 to 128 (with 20 ms per request, 64
     /// was 1.8x faster; BENCHMARKS.md). Memory is bounded separately, by

@@ -1,12 +1,12 @@
 //! One side of a migration: its settings, secrets, Keep client and discovery values.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 use keep_client::{
-    ClientOptions, ClusterInfo, ClusterSettings, KeepClient, KeepService, SigningKey, Token,
-    services::load_keep_services_json,
+    ClientOptions, ClusterInfo, ClusterSettings, KeepClient, KeepService, Locator, SignatureFormat,
+    SigningKey, Token, services::load_keep_services_json, signing,
 };
 
 /// Which side a [`Cluster`] is.
@@ -73,6 +73,8 @@ pub struct Cluster {
     pub ttl: Option<Duration>,
     /// `defaultCollectionReplication` from discovery.
     pub default_replication: Option<u32>,
+    /// The storage classes marked `Default` in the exported config (empty if unknown).
+    pub default_storage_classes: Vec<String>,
 }
 
 fn read_secret_file(path: &Path, what: &str) -> Result<String> {
@@ -213,5 +215,29 @@ pub async fn connect(
         key,
         ttl: a.ttl.or(info.blob_signature_ttl),
         default_replication: info.default_replication,
+        default_storage_classes: info.default_storage_classes,
     })
+}
+
+impl Cluster {
+    /// Signs `loc` for reading from this cluster, when its key is known: expiry one
+    /// day out, as the Go tool does, with the cluster's TTL (a verifier uses its own
+    /// TTL, §3.1). Unsigned otherwise (a cluster that does not enforce signatures).
+    pub fn signed_for_read(&self, loc: &Locator) -> Locator {
+        match (&self.key, self.ttl) {
+            (Some(key), Some(ttl)) => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                signing::sign(
+                    loc,
+                    key,
+                    &self.token,
+                    now + 86_400,
+                    SignatureFormat::Current { ttl },
+                )
+            }
+            _ => loc.clone(),
+        }
+    }
 }

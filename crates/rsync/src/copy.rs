@@ -1,13 +1,13 @@
-//! The copy engine: a bounded pool of block copies (read from the source, verify the
-//! MD5, write to the destination in its probe order), that records failures and goes
-//! on, stops early on a systematic failure, and drains cleanly on Ctrl-C.
+//! The copy engine: a bounded pool of block copies (read from the source, write to the
+//! destination in its probe order until the wanted replicas and classes are
+//! confirmed), that records failures and goes on, stops early on a systematic
+//! failure, and drains cleanly on Ctrl-C.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt as _;
-use keep_client::{Locator, SignatureFormat, signing};
+use keep_client::WriteTarget;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
@@ -15,30 +15,11 @@ use crate::limit::{BufferRoom, RateLimiter};
 use crate::plan::{Plan, Todo};
 use crate::progress::Progress;
 use crate::report::{Failure, Report};
+use crate::topology::Topology;
 
 /// How many failures, before any success, that all share one permanent reason make the
 /// run stop instead of failing every block the same way.
 const SYSTEMATIC_AFTER: usize = 5;
-
-/// Signs `loc` for reading from `cluster`, when its key is known: expiry one day out,
-/// as the Go tool does, with the cluster's TTL (a verifier uses its own TTL, §3.1).
-pub fn signed_for_read(cluster: &Cluster, loc: &Locator) -> Locator {
-    match (&cluster.key, cluster.ttl) {
-        (Some(key), Some(ttl)) => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            signing::sign(
-                loc,
-                key,
-                &cluster.token,
-                now + 86_400,
-                SignatureFormat::Current { ttl },
-            )
-        }
-        _ => loc.clone(),
-    }
-}
 
 /// The outcome of one block.
 enum Outcome {
@@ -57,12 +38,12 @@ pub struct CopyOptions {
     pub concurrency: usize,
     /// Most block bytes held at once (`--max-buffer-memory`).
     pub buffer_memory: u64,
-    /// Destination replication level.
-    pub replicas: usize,
     /// `--bwlimit`.
     pub limiter: Option<RateLimiter>,
-    /// Destination services found unreachable while indexing: not written to.
-    pub skip_dst: Vec<String>,
+    /// The destination's devices and counting rule.
+    pub topology: Topology,
+    /// Destination services not to write: unreachable while indexing.
+    pub skip_dst: Vec<usize>,
 }
 
 /// Why the engine stopped before the end.
@@ -74,14 +55,68 @@ pub enum Stop {
     Systematic(String),
 }
 
+/// What every copy shares: the options, and what follows from them once per run.
+struct Shared<'a> {
+    opts: &'a CopyOptions,
+    /// Replicas a PUT to each destination service is expected to store.
+    expect: Vec<usize>,
+    /// Destination services that share writable volumes, if any do.
+    sharing: Option<Vec<Vec<usize>>>,
+    room: BufferRoom,
+}
+
+/// The write a block needs: what it lacks, in which classes, and where not to go.
+fn target<'a>(
+    dst: &Cluster,
+    plan: &Plan,
+    todo: &Todo,
+    shared: &'a Shared<'_>,
+    exclude: &'a [usize],
+) -> WriteTarget<'a> {
+    let want = plan.want();
+    let topology = &shared.opts.topology;
+    let (need, classes) = if dst.client.has_proxy() {
+        // A proxy is asked for every replica (X-Keep-Desired-Replicas) and makes them.
+        let all = topology.names(want.classes);
+        (
+            want.replicas,
+            all.into_iter()
+                .map(|c| (c, want.replicas as usize))
+                .collect(),
+        )
+    } else {
+        let s = plan.shortfall(todo);
+        let classes = s
+            .classes
+            .iter()
+            .flat_map(|&(bit, n)| {
+                topology
+                    .names(bit)
+                    .into_iter()
+                    .map(move |c| (c, n as usize))
+            })
+            .collect();
+        (s.replicas, classes)
+    };
+    WriteTarget {
+        hash: todo.hash(),
+        desired: want.replicas as usize,
+        need: need as usize,
+        classes,
+        exclude,
+        expect: Some(&shared.expect),
+        sharing: shared.sharing.as_deref(),
+    }
+}
+
 async fn copy_one(
     src: &Cluster,
     dst: &Cluster,
     plan: &Plan,
     todo: Todo,
-    opts: &CopyOptions,
-    room: &BufferRoom,
+    shared: &Shared<'_>,
 ) -> Outcome {
+    let opts = shared.opts;
     let loc = todo.locator();
     let fail = |reason: &str, e: &keep_client::Error| {
         Outcome::Failed(
@@ -93,54 +128,42 @@ async fn copy_one(
             e.is_retryable(),
         )
     };
-    let holders = plan.dst_holders(&todo);
-    // A proxy destination is asked for every replica (X-Keep-Desired-Replicas);
-    // keepstores are topped up to the replication level.
-    let proxy = dst.client.has_proxy();
-    let holders = if proxy { Vec::new() } else { holders };
-    let need = opts.replicas.saturating_sub(holders.len()).max(1);
+    // Never to a service that lists it already (the checkpoint), nor one that is down.
+    let mut exclude = if dst.client.has_proxy() {
+        Vec::new()
+    } else {
+        opts.topology.services_of(plan.dst_holders(&todo))
+    };
+    exclude.extend(opts.skip_dst.iter().copied());
+    let target = target(dst, plan, &todo, shared, &exclude);
     // Held until the block is written (or given up): the read buffer lives that long.
-    let _room = room.reserve(todo.size()).await;
+    let _room = shared.room.reserve(todo.size()).await;
     if let Some(l) = &opts.limiter {
         l.acquire(todo.size()).await;
     }
     // The destination keepstores check every byte against the hash before storing
     // it (§5), so the read skips our own MD5 pass (half of a copy's CPU,
     // BENCHMARKS.md); a rejection below re-reads with the check.
-    let read_loc = signed_for_read(src, &loc);
+    let read_loc = src.signed_for_read(&loc);
     let data = match src.client.get_unchecked(&read_loc).await {
         Ok(d) => d,
         Err(e) => return fail(&format!("source: {}", e.reason()), &e),
     };
-    let services = dst.client.services();
-    let exclude: Vec<&str> = holders
-        .iter()
-        .map(|&i| services[usize::from(i)].uuid.as_str())
-        .chain(opts.skip_dst.iter().map(String::as_str))
-        .collect();
-    let first_choice: Vec<String> = dst
-        .client
-        .writable_order(&todo.hash())
-        .into_iter()
-        .filter(|s| !exclude.contains(&s.uuid.as_str()))
-        .take(need)
-        .map(|s| s.uuid.clone())
-        .collect();
-    let put = |data| dst.client.put_excluding(todo.hash(), data, need, &exclude);
-    let mut written = put(data).await;
+    let mut written = dst.client.put_to(data, &target).await;
     if let Err(keep_client::Error::ContentRejected { .. }) = &written {
         // The bytes do not match the hash: a source replica is bad (and its keepstore
         // did not notice). Read again with our own check, which fails over to a good
         // replica, or reports the checksum failure.
         tracing::warn!(block = %loc, "the destination rejected the data read from the source; reading it again, checked");
         written = match src.client.get(&read_loc).await {
-            Ok(d) => put(d).await,
+            Ok(d) => dst.client.put_to(d, &target).await,
             Err(e) => return fail(&format!("source: {}", e.reason()), &e),
         };
     }
     match written {
         Ok(r) => {
-            let past = !proxy && r.stored_on.iter().any(|u| !first_choice.contains(u));
+            let first = first_choice(dst, &target);
+            let past = !dst.client.has_proxy() && r.stored_on.iter().any(|u| !first.contains(u));
             Outcome::Copied {
                 replicas: r.replicas,
                 past_first_choice: past,
@@ -148,6 +171,25 @@ async fn copy_one(
         }
         Err(e) => fail(&format!("destination: {}", e.reason()), &e),
     }
+}
+
+/// The services a write goes to when nothing fails: the first writable ones in probe
+/// order whose expected replicas cover what is needed.
+fn first_choice(dst: &Cluster, t: &WriteTarget<'_>) -> Vec<String> {
+    let services = dst.client.services();
+    let mut covered = 0;
+    let mut out = Vec::new();
+    for i in dst.client.writable_order_indexes(&t.hash) {
+        if covered >= t.need {
+            break;
+        }
+        if t.exclude.contains(&i) {
+            continue;
+        }
+        covered += t.expect.and_then(|e| e.get(i).copied()).unwrap_or(1);
+        out.push(services[i].uuid.clone());
+    }
+    out
 }
 
 /// Copies every block of `plan`, filling `report`.
@@ -164,12 +206,19 @@ pub async fn run(
     let any_success = AtomicBool::new(false);
     let early: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let halt = stop.child_token();
-    let room = BufferRoom::new(opts.buffer_memory);
-    let room = &room;
+    let shared = Shared {
+        opts,
+        expect: opts
+            .topology
+            .expected_per_service(dst.client.services().len(), plan.want().classes),
+        sharing: opts.topology.sharing(dst.client.services().len()),
+        room: BufferRoom::new(opts.buffer_memory),
+    };
+    let shared = &shared;
 
     let work = futures::stream::iter(plan.todo())
         .take_while(|_| futures::future::ready(!halt.is_cancelled()))
-        .map(|todo| async move { (todo, copy_one(src, dst, plan, todo, opts, room).await) })
+        .map(|todo| async move { (todo, copy_one(src, dst, plan, todo, shared).await) })
         .buffer_unordered(opts.concurrency.max(1));
     futures::pin_mut!(work);
     while let Some((todo, outcome)) = work.next().await {
@@ -223,35 +272,4 @@ pub async fn run(
         Some(msg) => Stop::Systematic(msg),
         None => Stop::Finished,
     }
-}
-
-/// Lets a second Ctrl-C abort at once; the first only stops new copies.
-pub fn install_signal_handlers(
-    stop: CancellationToken,
-    progress_note: impl Fn(&str) + Send + 'static,
-) {
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
-        let mut count = 0;
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            count += 1;
-            if count == 1 {
-                progress_note(
-                    "interrupted: finishing the copies in flight (press Ctrl-C again to abort now)",
-                );
-                stop.cancel();
-            } else {
-                eprintln!("keep-rsync: aborted; blocks in flight were not counted as copied");
-                std::process::exit(i32::from(crate::cli::exit::INTERRUPTED));
-            }
-        }
-    });
 }

@@ -6,12 +6,14 @@
 //!
 //! # Layout
 //! - [`cli`]: flags (Go single-dash forms included) and exit codes.
-//! - [`cluster`]: one side: settings, secrets, Keep client, discovery values.
+//! - [`cluster`]: one side: settings, secrets, Keep client, discovery values, signing.
+//! - [`topology`]: a side's volumes (`/mounts`) and how replicas are counted.
 //! - [`scan`]: all indexes at once, streamed into the plan.
 //! - [`plan`]: the compact set difference (≤ 40 bytes per block). No I/O.
 //! - [`copy`]: the bounded concurrent copy engine.
 //! - [`verify`]: `--verify` and `--verify-data`.
-//! - [`progress`], [`report`], [`limit`]: what the operator sees, and `--bwlimit`.
+//! - [`progress`], [`report`], [`limit`], [`signals`]: what the operator sees,
+//!   `--bwlimit` and `--max-buffer-memory`, Ctrl-C.
 
 pub mod cli;
 pub mod cluster;
@@ -21,12 +23,14 @@ pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod scan;
+pub mod signals;
+pub mod topology;
 pub mod verify;
 
 use std::sync::Mutex;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use keep_client::{ClientOptions, RetryConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -156,23 +160,30 @@ async fn run_inner(cli: Cli) -> Result<u8> {
     same_cluster_check(&src, &dst)?;
 
     let replicas = match (cli.replications, dst.default_replication) {
-        (Some(r), _) => r as usize,
-        (None, Some(r)) => r as usize,
+        (Some(r), _) => r as u32,
+        (None, Some(r)) => r,
         (None, None) => bail!(
             "the destination's default replication is unknown (it has no discovery document); pass -replications N"
         ),
     };
-    let writable = dst
-        .client
-        .services()
-        .iter()
-        .filter(|s| !s.read_only)
-        .count();
-    if !dst.client.has_proxy() && replicas > writable {
-        bail!(
-            "-replications {replicas}: the destination has only {writable} writable keep service(s); lower -replications"
-        );
-    }
+    let (src_topology, mut dst_topology) = tokio::try_join!(
+        async {
+            topology::Topology::discover(&src.client)
+                .await
+                .context("source /mounts")
+        },
+        async {
+            topology::Topology::discover(&dst.client)
+                .await
+                .context("destination /mounts")
+        }
+    )?;
+    let classes = wanted_classes(&cli, &dst, &dst_topology);
+    let want = plan::Want {
+        replicas,
+        classes: dst_topology.class_set(&classes)?,
+    };
+    preflight(&dst, &dst_topology, want, &classes)?;
     if src.key.is_none() {
         tracing::warn!(
             "no ARVADOS_BLOB_SIGNING_KEY for the source: reading with unsigned locators (works only if the source does not enforce permission signatures)"
@@ -186,7 +197,7 @@ async fn run_inner(cli: Cli) -> Result<u8> {
     let stop = CancellationToken::new();
     {
         let mode = progress.mode();
-        copy::install_signal_handlers(stop.clone(), move |m| {
+        signals::install(stop.clone(), move |m| {
             if matches!(mode, Mode::Bar | Mode::Lines) {
                 eprintln!("{m}");
             }
@@ -196,12 +207,28 @@ async fn run_inner(cli: Cli) -> Result<u8> {
     // Destination first: the source entries are filtered against it as they stream in.
     // Through a keepproxy the destination index cannot tell services apart (§6.5), so
     // a block it lists at all counts as present; keepproxy makes the copies.
-    let present_at = if dst.client.has_proxy() { 1 } else { replicas };
-    let planner = scan::Planner::start(PlanBuilder::new(present_at))?;
-    let dst_down = scan::scan(&dst, &cli.prefix, &planner, &progress).await?;
+    let counting = if dst_topology.rule == topology::Rule::Proxy {
+        plan::Want {
+            replicas: 1,
+            classes: 0,
+        }
+    } else {
+        want
+    };
+    let weights = dst_topology
+        .devices
+        .iter()
+        .map(|d| plan::DeviceWeight {
+            replication: d.replication,
+            classes: d.classes,
+        })
+        .collect();
+    let planner = scan::Planner::start(PlanBuilder::new(counting, weights))?;
+    let dst_down = scan::scan(&dst, &dst_topology, &cli.prefix, &planner, &progress).await?;
     planner.finish_dst();
-    let src_down = scan::scan(&src, &cli.prefix, &planner, &progress).await?;
-    let plan = planner.finish()?;
+    let src_down = scan::scan(&src, &src_topology, &cli.prefix, &planner, &progress).await?;
+    let mut plan = planner.finish()?;
+    plan.set_want(want);
     let s = plan.stats();
     progress.note(&if cli.verify {
         format!(
@@ -232,10 +259,11 @@ async fn run_inner(cli: Cli) -> Result<u8> {
         .into(),
         prefix: cli.prefix.clone(),
         plan: s.clone(),
-        unreachable_services: src_down
-            .iter()
-            .map(|u| format!("source {u}"))
-            .chain(dst_down.iter().map(|u| format!("destination {u}")))
+        counting_rule: dst_topology.rule.to_string(),
+        storage_classes: classes.clone(),
+        unreachable_services: unreachable("source", &src, &src_topology, &src_down)
+            .into_iter()
+            .chain(unreachable("destination", &dst, &dst_topology, &dst_down))
             .collect(),
         ..Report::default()
     };
@@ -243,6 +271,7 @@ async fn run_inner(cli: Cli) -> Result<u8> {
     if cli.verify {
         verify::run(
             &dst,
+            &dst_topology,
             &plan,
             verify::VerifyOptions {
                 data: cli.verify_data,
@@ -256,12 +285,17 @@ async fn run_inner(cli: Cli) -> Result<u8> {
         .await;
     } else if !cli.dry_run {
         progress.start_copy(s.to_copy.blocks, s.to_copy.bytes);
+        let skip_dst =
+            dst_topology.services_of(&dst_down.iter().map(|&d| d as u16).collect::<Vec<_>>());
         let opts = copy::CopyOptions {
             concurrency: cli.concurrency,
             buffer_memory: cli.max_buffer_memory,
-            replicas,
             limiter: cli.bwlimit.map(limit::RateLimiter::new),
-            skip_dst: dst_down,
+            skip_dst: skip_dst
+                .into_iter()
+                .chain(dst_topology.unreachable.iter().map(|&s| usize::from(s)))
+                .collect(),
+            topology: dst_topology,
         };
         let shared = Mutex::new(report);
         let outcome = copy::run(&src, &dst, &plan, &opts, &progress, &stop, &shared).await;
@@ -303,6 +337,128 @@ fn finish_report(
         print!("{}", report.render());
     }
     Ok(())
+}
+
+/// The storage classes to write and count: `--storage-classes`, else the
+/// destination's default classes from its exported config (§7.4), as the Go client
+/// sends them. Without a config (keep services as JSON and no API server asked):
+/// `default` if a destination volume is in that class (keep-balance's default for a
+/// collection that names none), else none, with a warning.
+fn wanted_classes(cli: &Cli, dst: &cluster::Cluster, t: &topology::Topology) -> Vec<String> {
+    if !cli.storage_classes.is_empty() {
+        let mut c: Vec<String> = cli
+            .storage_classes
+            .iter()
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect();
+        c.sort();
+        c.dedup();
+        return c;
+    }
+    if !dst.default_storage_classes.is_empty() {
+        return dst.default_storage_classes.clone();
+    }
+    if t.class_names.iter().any(|c| c == "default") {
+        tracing::warn!(
+            "the destination's default storage classes are unknown (its config was not read); writing to class default (pass --storage-classes to choose)"
+        );
+        return vec!["default".to_owned()];
+    }
+    if t.by_volume() {
+        tracing::warn!(
+            "the destination's default storage classes are unknown and none of its volumes is in class default; blocks go to whichever class each keepstore tries first (pass --storage-classes to choose)"
+        );
+    }
+    Vec::new()
+}
+
+/// Refuses a replication level the destination cannot hold: for each wanted class,
+/// the summed replication of its writable volumes in that class (one per writable
+/// service where volumes are unknown). A keepproxy is trusted to know.
+fn preflight(
+    dst: &cluster::Cluster,
+    t: &topology::Topology,
+    want: plan::Want,
+    classes: &[String],
+) -> Result<()> {
+    if t.rule == topology::Rule::Proxy {
+        return Ok(());
+    }
+    let what = if t.by_volume() {
+        "replicas on writable volumes"
+    } else {
+        "writable keep service(s)"
+    };
+    let checks: Vec<(Option<u64>, String)> = if want.classes == 0 {
+        vec![(None, String::new())]
+    } else {
+        classes
+            .iter()
+            .map(|c| {
+                let bit = t.class_names.iter().position(|n| n == c).map(|b| 1u64 << b);
+                (bit, format!(" in class {c}"))
+            })
+            .collect()
+    };
+    for (bit, in_class) in checks {
+        let room = bit.map_or_else(
+            || t.writable_replication(None),
+            |b| t.writable_replication(Some(b)),
+        );
+        if room < u64::from(want.replicas) {
+            let services = dst.client.services().len();
+            if !t.unreachable.is_empty() {
+                // Its volumes are unknown until it is back: the blocks that need it
+                // fail and are listed, and the report names it (exit 1).
+                tracing::warn!(
+                    "-replications {}: the reachable destination volumes hold only {room} {what}{in_class}; {} keep service(s) could not be reached",
+                    want.replicas,
+                    t.unreachable.len()
+                );
+                continue;
+            }
+            bail!(
+                "-replications {}: the destination can hold only {room} {what}{in_class} ({services} keep services); lower -replications{}",
+                want.replicas,
+                if in_class.is_empty() {
+                    ""
+                } else {
+                    " or choose other --storage-classes"
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Report lines for what could not be reached on one side: services whose `/mounts`
+/// did not answer, and devices whose index did not.
+fn unreachable(
+    side: &str,
+    c: &cluster::Cluster,
+    t: &topology::Topology,
+    devices: &[usize],
+) -> Vec<String> {
+    let services = c.client.services();
+    t.unreachable
+        .iter()
+        .map(|&s| services[usize::from(s)].uuid.clone())
+        .chain(devices.iter().map(|&d| {
+            let dev = &t.devices[d];
+            if t.by_volume() {
+                let via: Vec<&str> = dev
+                    .services
+                    .iter()
+                    .map(|&s| services[usize::from(s)].uuid.as_str())
+                    .collect();
+                format!("{} (volume, via {})", dev.id, via.join(", "))
+            } else {
+                dev.id.clone()
+            }
+        }))
+        .map(|u| format!("{side} {u}"))
+        .collect()
 }
 
 /// Refuses to copy a cluster onto itself, which would only waste a day of I/O.

@@ -1,85 +1,89 @@
 //! The plan: which source blocks the destination lacks, held compactly. No I/O.
 //!
 //! Indexes of hundreds of millions of blocks must fit in memory, so nothing here is a
-//! string or a hash set. The destination index is kept as 24-byte entries
-//! (hash, size, service, a "seen at the source" flag) in 256 buckets by the first
-//! byte of the hash; source entries are then streamed past it and only the blocks the
-//! destination lacks (or holds on too few services) are kept, as 20-byte entries.
-//! Buckets grow by a quarter at a time, and a source bucket is de-duplicated before it
-//! grows, so replicas listed by several source services cost no extra memory.
+//! string or a hash set. Destination index entries become 24-byte records (hash, size,
+//! and the set of devices holding the block, interned: most blocks share a handful of
+//! sets) in 256 buckets by the hash's first byte; entries of one block from several
+//! devices merge into one record. Source entries then stream past them: a block the
+//! destination holds enough of is marked and dropped, the rest are kept as 20-byte
+//! records to copy. Buckets grow by a quarter at a time and are sorted and merged
+//! before they grow, so duplicates cost no lasting memory.
 //!
-//! The checkpoint is the destination index (#7167): a block already listed by a
-//! destination service is never sent to that service again. A block listed on fewer
-//! services than the replication level is topped up on other services only.
+//! "Enough" is the destination's rule ([`crate::topology`]): the replication of the
+//! distinct devices holding a block reaches the wanted level in every wanted class.
+//! The checkpoint is the destination index (#7167): a device that lists a block is
+//! never sent it again.
+
+use std::collections::HashMap;
 
 use keep_client::BlockHash;
 
+use crate::topology::ClassSet;
+
 /// Number of buckets: one per value of the hash's first byte.
 const BUCKETS: usize = 256;
+/// The "seen at the source" flag, in a record's `set` field.
+const SEEN: u32 = 1 << 31;
 
-/// One destination index line, reduced to what planning needs. Ordered by
-/// (hash, size, service, seen).
+/// What the destination should hold of every block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Want {
+    /// The replication level.
+    pub replicas: u32,
+    /// Classes that must each hold `replicas`; 0: any class counts.
+    pub classes: ClassSet,
+}
+
+/// A device as the plan counts it: replicas per block, and its classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceWeight {
+    /// Replicas a block on it counts for.
+    pub replication: u32,
+    /// Its classes.
+    pub classes: ClassSet,
+}
+
+/// One destination block: hash, size, and its holder set (with [`SEEN`]).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct DstEntry {
+struct DstRec {
     hash: [u8; 16],
     size: u32,
-    /// Index of the destination service that listed it.
-    service: u16,
-    /// Set when the source lists the same block.
-    seen: bool,
+    set: u32,
 }
 
 /// A block to copy (or top up): 20 bytes. Ordered by (hash, size).
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash, PartialOrd, Ord)]
 pub struct Todo {
+    key: Key,
+}
+
+/// The (hash, size) order in one integer comparison: a hash read big-endian sorts
+/// like its bytes, and compares in two instructions instead of a `memcmp` call.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash, PartialOrd, Ord)]
+struct Key {
     hash: [u8; 16],
     size: u32,
 }
 
-/// The (hash, size) order as one integer comparison: the hash read big-endian sorts
-/// like its bytes, and compares in two instructions instead of a `memcmp` call
-/// (sorting and searching the plan is most of the index phase, BENCHMARKS.md S5).
 fn key(hash: &[u8; 16], size: u32) -> (u128, u32) {
     (u128::from_be_bytes(*hash), size)
 }
 
-impl Ord for DstEntry {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (key(&self.hash, self.size), self.service, self.seen).cmp(&(
-            key(&other.hash, other.size),
-            other.service,
-            other.seen,
-        ))
-    }
-}
-
-impl PartialOrd for DstEntry {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Todo {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        key(&self.hash, self.size).cmp(&key(&other.hash, other.size))
-    }
-}
-
-impl PartialOrd for Todo {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
+impl DstRec {
+    fn key(&self) -> (u128, u32) {
+        key(&self.hash, self.size)
     }
 }
 
 impl Todo {
     /// The block hash.
     pub fn hash(&self) -> BlockHash {
-        BlockHash(self.hash)
+        BlockHash(self.key.hash)
     }
 
     /// The block size in bytes.
     pub fn size(&self) -> u64 {
-        u64::from(self.size)
+        u64::from(self.key.size)
     }
 
     /// `hash+size`: safe to log.
@@ -111,6 +115,152 @@ impl Tally {
     }
 }
 
+/// The distinct sets of devices that hold blocks, each with whether it is enough.
+#[derive(Debug)]
+struct HolderSets {
+    sets: Vec<Box<[u16]>>,
+    present: Vec<bool>,
+    ids: HashMap<Box<[u16]>, u32>,
+    /// (set, device) -> set with the device added: the common step, without allocating.
+    with: HashMap<(u32, u16), u32>,
+    want: Want,
+    devices: Vec<DeviceWeight>,
+}
+
+impl HolderSets {
+    fn new(want: Want, devices: Vec<DeviceWeight>) -> HolderSets {
+        let mut h = HolderSets {
+            sets: Vec::new(),
+            present: Vec::new(),
+            ids: HashMap::new(),
+            with: HashMap::new(),
+            want,
+            devices,
+        };
+        h.intern(Box::new([]));
+        h
+    }
+
+    fn intern(&mut self, set: Box<[u16]>) -> u32 {
+        if let Some(&id) = self.ids.get(&set) {
+            return id;
+        }
+        let id = u32::try_from(self.sets.len()).expect("fewer than 2^31 holder sets");
+        assert!(id < SEEN, "too many distinct holder sets");
+        self.present.push(enough(&set, &self.devices, self.want));
+        self.ids.insert(set.clone(), id);
+        self.sets.push(set);
+        id
+    }
+
+    fn single(&mut self, device: u16) -> u32 {
+        self.add(0, device)
+    }
+
+    fn add(&mut self, set: u32, device: u16) -> u32 {
+        if let Some(&id) = self.with.get(&(set, device)) {
+            return id;
+        }
+        let mut v = self.sets[set as usize].to_vec();
+        if let Err(at) = v.binary_search(&device) {
+            v.insert(at, device);
+        }
+        let id = self.intern(v.into_boxed_slice());
+        self.with.insert((set, device), id);
+        id
+    }
+
+    fn union(&mut self, a: u32, b: u32) -> u32 {
+        if a == b {
+            return a;
+        }
+        let mut id = a;
+        for i in 0..self.sets[b as usize].len() {
+            let d = self.sets[b as usize][i];
+            id = self.add(id, d);
+        }
+        id
+    }
+
+    fn without(&mut self, set: u32, device: u16) -> u32 {
+        let v: Vec<u16> = self.sets[set as usize]
+            .iter()
+            .copied()
+            .filter(|&d| d != device)
+            .collect();
+        self.intern(v.into_boxed_slice())
+    }
+}
+
+/// What a block lacks of [`Want`] on the destination.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Shortfall {
+    /// Replicas still to store: the most any wanted class lacks (or the total lacking
+    /// when no class is wanted).
+    pub replicas: u32,
+    /// Each wanted class that lacks replicas (its bit), with how many.
+    pub classes: Vec<(ClassSet, u32)>,
+}
+
+impl Shortfall {
+    /// Whether nothing is lacking.
+    pub fn is_none(&self) -> bool {
+        self.replicas == 0
+    }
+}
+
+/// What blocks on `holders` lack of `want`: replicas are the summed replication of
+/// the holders, counted in each wanted class (any class when none is wanted).
+pub fn shortfall(holders: &[u16], devices: &[DeviceWeight], want: Want) -> Shortfall {
+    let sum = |class: ClassSet| -> u32 {
+        holders
+            .iter()
+            .map(|&d| devices[usize::from(d)])
+            .filter(|d| class == 0 || d.classes & class != 0)
+            .map(|d| d.replication)
+            .fold(0u32, u32::saturating_add)
+    };
+    if want.classes == 0 {
+        return Shortfall {
+            replicas: want.replicas.saturating_sub(sum(0)),
+            classes: Vec::new(),
+        };
+    }
+    let classes: Vec<(ClassSet, u32)> = (0..64)
+        .map(|b| 1u64 << b)
+        .filter(|bit| want.classes & bit != 0)
+        .map(|bit| (bit, want.replicas.saturating_sub(sum(bit))))
+        .filter(|&(_, n)| n > 0)
+        .collect();
+    Shortfall {
+        replicas: classes.iter().map(|&(_, n)| n).max().unwrap_or(0),
+        classes,
+    }
+}
+
+/// Whether blocks on `holders` meet `want`.
+fn enough(holders: &[u16], devices: &[DeviceWeight], want: Want) -> bool {
+    shortfall(holders, devices, want).is_none()
+}
+
+/// Sorts a bucket and merges the records of one block into one (union of holders).
+fn merge_bucket(b: &mut Vec<DstRec>, sets: &mut HolderSets) {
+    // Stable: the part merged last time is one sorted run, so this is a merge.
+    b.sort_by_key(DstRec::key);
+    let mut w = 0;
+    for r in 0..b.len() {
+        if w > 0 && b[w - 1].key() == b[r].key() {
+            let flags = (b[w - 1].set | b[r].set) & SEEN;
+            let set = sets.union(b[w - 1].set & !SEEN, b[r].set & !SEEN);
+            b[w - 1].set = set | flags;
+        } else {
+            b[w] = b[r];
+            w += 1;
+        }
+    }
+    b.truncate(w);
+}
+
 /// Collects the destination index, then the source index, into a [`Plan`].
 ///
 /// Call [`PlanBuilder::add_dst`] for every destination entry, then
@@ -118,15 +268,12 @@ impl Tally {
 /// entry (any order, duplicates allowed), then [`PlanBuilder::finish`].
 #[derive(Debug)]
 pub struct PlanBuilder {
-    replicas: usize,
-    dst: Vec<Vec<DstEntry>>,
+    sets: HolderSets,
+    dst: Vec<Vec<DstRec>>,
+    /// Per bucket after `finish_dst`: where each value of the hash's second byte
+    /// starts (257 offsets), so a lookup searches ~1/65536 of the records.
+    offsets: Vec<u32>,
     todo: Vec<Vec<Todo>>,
-    dst_sorted: bool,
-    /// Per bucket, after `finish_dst`: where each value of the hash's second byte
-    /// starts (257 offsets), so a lookup searches ~1/256 of the bucket: a binary search
-    /// over the whole bucket missed the cache on every step (BENCHMARKS.md, S5).
-    /// Flat: bucket `b`'s offsets are `[b * 257..(b + 1) * 257]`.
-    dst_offsets: Vec<u32>,
     src_entries: u64,
     dst_entries: u64,
     /// Sizes too large for a Keep block (cannot happen with a sane server).
@@ -134,129 +281,109 @@ pub struct PlanBuilder {
 }
 
 impl PlanBuilder {
-    /// A builder for a destination replication level of `replicas` (at least 1).
-    pub fn new(replicas: usize) -> PlanBuilder {
+    /// A builder for `want` on a destination of `devices` (indexed as in
+    /// [`PlanBuilder::add_dst`]).
+    pub fn new(want: Want, devices: Vec<DeviceWeight>) -> PlanBuilder {
         PlanBuilder {
-            replicas: replicas.max(1),
+            sets: HolderSets::new(want, devices),
             dst: (0..BUCKETS).map(|_| Vec::new()).collect(),
+            offsets: Vec::new(),
             todo: (0..BUCKETS).map(|_| Vec::new()).collect(),
-            dst_sorted: false,
-            dst_offsets: Vec::new(),
             src_entries: 0,
             dst_entries: 0,
             oversize: 0,
         }
     }
 
-    /// Records that destination service number `service` lists `hash+size`.
-    pub fn add_dst(&mut self, service: u16, hash: BlockHash, size: u64) {
-        debug_assert!(!self.dst_sorted, "add_dst after finish_dst");
+    /// Records that destination device `device` lists `hash+size`.
+    pub fn add_dst(&mut self, device: u16, hash: BlockHash, size: u64) {
+        debug_assert!(self.offsets.is_empty(), "add_dst after finish_dst");
         let Ok(size) = u32::try_from(size) else {
             self.oversize += 1;
             return;
         };
         self.dst_entries += 1;
+        let set = self.sets.single(device);
         let b = &mut self.dst[usize::from(hash.0[0])];
         if b.len() == b.capacity() && !b.is_empty() {
-            // Two volumes of one keepstore list the same block twice; squeeze those
-            // out before paying for more room. A stable sort finds the part sorted
-            // last time as one run and merges, instead of sorting it all again.
-            b.sort();
-            b.dedup_by(|a, b| (a.hash, a.size, a.service) == (b.hash, b.size, b.service));
+            // Merge the records of one block (listed by several devices, or twice by
+            // a retried index) before paying for more room.
+            merge_bucket(b, &mut self.sets);
         }
         reserve_quarter(b);
-        b.push(DstEntry {
+        b.push(DstRec {
             hash: hash.0,
             size,
-            service,
-            seen: false,
+            set,
         });
     }
 
-    /// Ends the destination phase: sorts and de-duplicates every bucket.
+    /// Forgets what device `device` listed: its index failed part-way and is read
+    /// again from the start (a block trashed in between must not count).
+    pub fn forget_dst(&mut self, device: u16) {
+        debug_assert!(self.offsets.is_empty(), "forget_dst after finish_dst");
+        let PlanBuilder { sets, dst, .. } = self;
+        for b in dst.iter_mut() {
+            for r in b.iter_mut() {
+                r.set = sets.without(r.set, device);
+            }
+            b.retain(|r| r.set != 0);
+        }
+    }
+
+    /// Ends the destination phase: sorts and merges every bucket.
     pub fn finish_dst(&mut self) {
         for b in &mut self.dst {
-            b.sort();
-            b.dedup_by(|a, b| (a.hash, a.size, a.service) == (b.hash, b.size, b.service));
+            merge_bucket(b, &mut self.sets);
             b.shrink_to_fit();
         }
-        self.dst_offsets = vec![0u32; BUCKETS * 257];
-        for (b, off) in self.dst.iter().zip(self.dst_offsets.chunks_exact_mut(257)) {
-            for e in b {
-                off[usize::from(e.hash[1]) + 1] += 1;
+        self.offsets = vec![0u32; BUCKETS * 257];
+        for (b, off) in self.dst.iter().zip(self.offsets.chunks_exact_mut(257)) {
+            for r in b {
+                off[usize::from(r.hash[1]) + 1] += 1;
             }
             for i in 1..257 {
                 off[i] += off[i - 1];
             }
         }
-        self.dst_sorted = true;
+    }
+
+    /// The records of `hash+size` (at most one): its bucket and index.
+    fn find(&self, hash: &[u8; 16], size: u32) -> Option<(usize, usize)> {
+        let b = usize::from(hash[0]);
+        let o = b * 257 + usize::from(hash[1]);
+        let (lo, hi) = (self.offsets[o] as usize, self.offsets[o + 1] as usize);
+        let range = &self.dst[b][lo..hi];
+        let k = key(hash, size);
+        let i = range.partition_point(|r| r.key() < k);
+        (i < range.len() && range[i].key() == k).then_some((b, lo + i))
     }
 
     /// Records that the source lists `hash+size`. Must follow [`PlanBuilder::finish_dst`].
     pub fn add_src(&mut self, hash: BlockHash, size: u64) {
-        assert!(self.dst_sorted, "add_src before finish_dst");
+        assert!(!self.offsets.is_empty(), "add_src before finish_dst");
         let Ok(size) = u32::try_from(size) else {
             self.oversize += 1;
             return;
         };
         self.src_entries += 1;
-        let (bucket, lo, hi) = self.dst_range(&hash.0);
-        let holders = holders_mut(&mut self.dst[bucket][lo..hi], &hash.0, size);
-        let count = holders.len();
-        for e in holders {
-            e.seen = true;
+        if let Some((b, i)) = self.find(&hash.0, size) {
+            let r = &mut self.dst[b][i];
+            r.set |= SEEN;
+            if self.sets.present[(r.set & !SEEN) as usize] {
+                return;
+            }
         }
-        if count >= self.replicas {
-            return;
-        }
-        let t = &mut self.todo[bucket];
+        let t = &mut self.todo[usize::from(hash.0[0])];
         if t.len() == t.capacity() && !t.is_empty() {
             // Stable: merges with the run sorted last time (see add_dst).
             t.sort();
             t.dedup();
         }
         reserve_quarter(t);
-        t.push(Todo { hash: hash.0, size });
-    }
-
-    /// [`PlanBuilder::add_src`] for many entries. Faster: before each group of
-    /// entries is looked up, the destination entries they will land on are read
-    /// together, so the cache misses overlap instead of coming one at a time.
-    pub fn add_src_many(&mut self, entries: impl IntoIterator<Item = (BlockHash, u64)>) {
-        const GROUP: usize = 32;
-        let mut group = [(BlockHash([0; 16]), 0u64); GROUP];
-        let mut entries = entries.into_iter().peekable();
-        while entries.peek().is_some() {
-            let mut n = 0;
-            for e in entries.by_ref().take(GROUP) {
-                group[n] = e;
-                n += 1;
-            }
-            let mut touched = 0u32;
-            for (hash, _) in &group[..n] {
-                let (bucket, lo, hi) = self.dst_range(&hash.0);
-                if lo < hi {
-                    let guess = lo + guess(&hash.0, 2, hi - lo);
-                    touched = touched.wrapping_add(self.dst[bucket][guess].size);
-                }
-            }
-            std::hint::black_box(touched);
-            for &(hash, size) in &group[..n] {
-                self.add_src(hash, size);
-            }
-        }
-    }
-
-    /// The bucket of `hash`, and the range of it whose hashes share `hash`'s second
-    /// byte. Must follow [`PlanBuilder::finish_dst`].
-    fn dst_range(&self, hash: &[u8; 16]) -> (usize, usize, usize) {
-        let bucket = usize::from(hash[0]);
-        let o = bucket * 257 + usize::from(hash[1]);
-        (
-            bucket,
-            self.dst_offsets[o] as usize,
-            self.dst_offsets[o + 1] as usize,
-        )
+        t.push(Todo {
+            key: Key { hash: hash.0, size },
+        });
     }
 
     /// Ends the source phase and returns the plan.
@@ -264,7 +391,7 @@ impl PlanBuilder {
         let mut stats = PlanStats {
             src_entries: self.src_entries,
             dst_entries: self.dst_entries,
-            replicas: self.replicas as u64,
+            replicas: u64::from(self.sets.want.replicas),
             ..PlanStats::default()
         };
         for b in &mut self.todo {
@@ -272,113 +399,41 @@ impl PlanBuilder {
             b.dedup();
             b.shrink_to_fit();
         }
-        for (i, bucket) in self.dst.iter().enumerate() {
-            let mut prev: Option<([u8; 16], u32)> = None;
-            for e in bucket {
-                if prev == Some((e.hash, e.size)) {
-                    continue;
-                }
-                prev = Some((e.hash, e.size));
-                stats.dst.add(u64::from(e.size));
-                if e.seen {
-                    stats.src.add(u64::from(e.size));
+        for bucket in &self.dst {
+            for r in bucket {
+                stats.dst.add(u64::from(r.size));
+                if r.set & SEEN != 0 {
+                    stats.src.add(u64::from(r.size));
                 }
             }
-            for t in &self.todo[i] {
-                let n = holders(bucket, &t.hash, t.size).len();
-                let size = u64::from(t.size);
-                if n == 0 {
-                    stats.src.add(size);
-                    stats.missing.add(size);
-                } else {
-                    stats.under_replicated.add(size);
-                }
-                stats.to_copy.add(size);
-                stats.by_digit[usize::from(t.hash[0] >> 4)].add(size);
+        }
+        let plan = Plan {
+            dst: self.dst,
+            offsets: self.offsets,
+            todo: self.todo,
+            sets: self.sets.sets,
+            devices: self.sets.devices,
+            want: self.sets.want,
+            stats: PlanStats::default(),
+        };
+        for t in plan.todo() {
+            let size = t.size();
+            if plan.dst_holders(&t).is_empty() {
+                stats.src.add(size);
+                stats.missing.add(size);
+            } else {
+                stats.under_replicated.add(size);
             }
+            stats.to_copy.add(size);
+            stats.by_digit[usize::from(t.key.hash[0] >> 4)].add(size);
         }
         stats.present = Tally {
             blocks: stats.src.blocks - stats.missing.blocks,
             bytes: stats.src.bytes - stats.missing.bytes,
         };
         stats.oversize = self.oversize;
-        Plan {
-            dst: self.dst,
-            todo: self.todo,
-            stats,
-        }
+        Plan { stats, ..plan }
     }
-}
-
-/// The entries of a sorted bucket (all hashes share their first byte) that list
-/// `hash+size`, one per service.
-fn holders<'a>(bucket: &'a [DstEntry], hash: &[u8; 16], size: u32) -> &'a [DstEntry] {
-    let (lo, hi) = holder_range(bucket, 1, hash, size);
-    &bucket[lo..hi]
-}
-
-/// [`holders`] in a slice of a bucket whose hashes share their first two bytes.
-fn holders_mut<'a>(slice: &'a mut [DstEntry], hash: &[u8; 16], size: u32) -> &'a mut [DstEntry] {
-    let (lo, hi) = holder_range(slice, 2, hash, size);
-    &mut slice[lo..hi]
-}
-
-/// Where `hash` should be among `n` sorted uniform hashes that share their first
-/// `fixed` bytes: the next 8 bytes, read as a fraction of `n` (always `< n`).
-fn guess(hash: &[u8; 16], fixed: usize, n: usize) -> usize {
-    let frac = u64::from_be_bytes(hash[fixed..fixed + 8].try_into().expect("8 bytes"));
-    ((u128::from(frac) * n as u128) >> 64) as usize
-}
-
-/// Where `hash+size` is in `sorted`, whose entries all share the first `fixed` bytes
-/// of the hash.
-///
-/// Interpolation, then galloping: MD5 hashes are uniform, so the entry is almost
-/// always within a few places of where the next 8 bytes of the hash say it should
-/// be. One cache miss per lookup instead of one per binary-search step, which was
-/// most of the index phase at 10 million blocks (BENCHMARKS.md, S5). Skewed data
-/// only costs more steps: the galloping search is exact whatever the guess.
-fn holder_range(sorted: &[DstEntry], fixed: usize, hash: &[u8; 16], size: u32) -> (usize, usize) {
-    let n = sorted.len();
-    if n == 0 {
-        return (0, 0);
-    }
-    let k = key(hash, size);
-    let below = |i: usize| key(&sorted[i].hash, sorted[i].size) < k;
-    let guess = guess(hash, fixed, n);
-    // Find lo..hi with every entry before lo below k and none from hi on.
-    let (mut lo, mut hi);
-    if below(guess) {
-        (lo, hi) = (guess + 1, n);
-        let mut step = 1;
-        while lo + step - 1 < n {
-            if below(lo + step - 1) {
-                lo += step;
-                step *= 2;
-            } else {
-                hi = lo + step - 1;
-                break;
-            }
-        }
-    } else {
-        (lo, hi) = (0, guess);
-        let mut step = 1;
-        while step <= hi {
-            if below(hi - step) {
-                lo = hi - step + 1;
-                break;
-            }
-            hi -= step;
-            step *= 2;
-        }
-    }
-    let start = lo + sorted[lo..hi].partition_point(|e| key(&e.hash, e.size) < k);
-    let end = start
-        + sorted[start..]
-            .iter()
-            .take_while(|e| key(&e.hash, e.size) == k)
-            .count();
-    (start, end)
 }
 
 /// What the indexes said, in numbers.
@@ -394,11 +449,12 @@ pub struct PlanStats {
     pub src: Tally,
     /// Distinct blocks listed by the destination.
     pub dst: Tally,
-    /// Source blocks the destination lists on at least one service.
+    /// Source blocks the destination lists at all.
     pub present: Tally,
     /// Source blocks the destination does not list at all.
     pub missing: Tally,
-    /// Source blocks the destination lists on fewer services than `replicas`.
+    /// Source blocks the destination holds too few replicas of (or not in every
+    /// wanted class).
     pub under_replicated: Tally,
     /// Blocks to send: `missing` plus `under_replicated`.
     pub to_copy: Tally,
@@ -411,8 +467,12 @@ pub struct PlanStats {
 /// The result of planning: blocks to copy, in hash order, and who already has what.
 #[derive(Debug)]
 pub struct Plan {
-    dst: Vec<Vec<DstEntry>>,
+    dst: Vec<Vec<DstRec>>,
+    offsets: Vec<u32>,
     todo: Vec<Vec<Todo>>,
+    sets: Vec<Box<[u16]>>,
+    devices: Vec<DeviceWeight>,
+    want: Want,
     stats: PlanStats,
 }
 
@@ -427,26 +487,55 @@ impl Plan {
         self.todo.iter().flatten().copied()
     }
 
-    /// Destination service numbers that already list `todo` (empty for a missing block).
-    pub fn dst_holders(&self, todo: &Todo) -> Vec<u16> {
-        holders(&self.dst[usize::from(todo.hash[0])], &todo.hash, todo.size)
-            .iter()
-            .map(|e| e.service)
-            .collect()
+    /// Destination devices that already hold `todo` (empty for a missing block).
+    pub fn dst_holders(&self, todo: &Todo) -> &[u16] {
+        let (hash, size) = (&todo.key.hash, todo.key.size);
+        let b = usize::from(hash[0]);
+        let o = b * 257 + usize::from(hash[1]);
+        let (lo, hi) = (self.offsets[o] as usize, self.offsets[o + 1] as usize);
+        let range = &self.dst[b][lo..hi];
+        let k = key(hash, size);
+        let i = range.partition_point(|r| r.key() < k);
+        match range.get(i) {
+            Some(r) if r.key() == k => &self.sets[(r.set & !SEEN) as usize],
+            _ => &[],
+        }
     }
 
-    /// Every (block, destination service) pair for blocks the source also lists:
+    /// What `todo` lacks on the destination.
+    pub fn shortfall(&self, todo: &Todo) -> Shortfall {
+        shortfall(self.dst_holders(todo), &self.devices, self.want)
+    }
+
+    /// What the plan aims for.
+    pub fn want(&self) -> Want {
+        self.want
+    }
+
+    /// Aims for `want` from now on (through a keepproxy the plan counts a listed
+    /// block as present, but a write still asks for the replicas and classes wanted).
+    pub fn set_want(&mut self, want: Want) {
+        self.want = want;
+    }
+
+    /// Every (block, destination device) pair for blocks the source also lists:
     /// what `--verify-data` reads back.
     pub fn dst_copies_of_src_blocks(&self) -> impl Iterator<Item = (Todo, u16)> + '_ {
-        self.dst.iter().flatten().filter(|e| e.seen).map(|e| {
-            (
-                Todo {
-                    hash: e.hash,
-                    size: e.size,
-                },
-                e.service,
-            )
-        })
+        self.dst
+            .iter()
+            .flatten()
+            .filter(|r| r.set & SEEN != 0)
+            .flat_map(|r| {
+                let t = Todo {
+                    key: Key {
+                        hash: r.hash,
+                        size: r.size,
+                    },
+                };
+                self.sets[(r.set & !SEEN) as usize]
+                    .iter()
+                    .map(move |&d| (t, d))
+            })
     }
 
     /// Bytes of heap the plan holds (capacity, not length), for the memory budget.
@@ -454,14 +543,15 @@ impl Plan {
         let d: usize = self
             .dst
             .iter()
-            .map(|b| b.capacity() * size_of::<DstEntry>())
+            .map(|b| b.capacity() * size_of::<DstRec>())
             .sum();
         let t: usize = self
             .todo
             .iter()
             .map(|b| b.capacity() * size_of::<Todo>())
             .sum();
-        d + t + 2 * BUCKETS * size_of::<Vec<u8>>()
+        let s: usize = self.sets.iter().map(|s| s.len() * 2 + 16).sum();
+        d + t + s + self.offsets.len() * 4 + 2 * BUCKETS * size_of::<Vec<u8>>()
     }
 }
 
@@ -473,16 +563,34 @@ mod tests {
         BlockHash::of(&i.to_le_bytes())
     }
 
+    /// `n` devices of replication 1 in class bit 0.
+    fn devices(n: usize) -> Vec<DeviceWeight> {
+        vec![
+            DeviceWeight {
+                replication: 1,
+                classes: 1
+            };
+            n
+        ]
+    }
+
+    fn want(replicas: u32) -> Want {
+        Want {
+            replicas,
+            classes: 1,
+        }
+    }
+
     #[test]
-    fn entry_sizes_are_compact() {
-        assert_eq!(size_of::<DstEntry>(), 24);
+    fn record_sizes_are_compact() {
+        assert_eq!(size_of::<DstRec>(), 24);
         assert_eq!(size_of::<Todo>(), 20);
     }
 
     /// The original tool's case: 5 on the source, 2 of them and 2 others on the destination.
     #[test]
     fn five_two_two() {
-        let mut b = PlanBuilder::new(1);
+        let mut b = PlanBuilder::new(want(1), devices(1));
         for i in [0, 1, 10, 11] {
             b.add_dst(0, h(i), 3);
         }
@@ -512,11 +620,11 @@ mod tests {
 
     #[test]
     fn duplicates_and_order_do_not_matter() {
-        // 1000 blocks listed by 3 source services in different orders, 2 volumes each.
-        let mut b = PlanBuilder::new(2);
+        // 1000 blocks listed by 3 source services in different orders, twice each.
+        let mut b = PlanBuilder::new(want(2), devices(2));
         for i in 0..300 {
             b.add_dst(0, h(i), 100);
-            b.add_dst(0, h(i), 100); // second volume
+            b.add_dst(0, h(i), 100); // listed twice (a retried index)
             if i < 100 {
                 b.add_dst(1, h(i), 100);
             }
@@ -535,87 +643,91 @@ mod tests {
         assert_eq!(s.src.blocks, 1000);
         assert_eq!(s.present.blocks, 300);
         assert_eq!(s.missing.blocks, 700);
-        assert_eq!(s.under_replicated.blocks, 200); // 100..300 only on service 0
+        assert_eq!(s.under_replicated.blocks, 200); // 100..300 only on device 0
         assert_eq!(s.to_copy.blocks, 900);
         assert_eq!(s.by_digit.iter().map(|t| t.blocks).sum::<u64>(), 900);
         let t = p.todo().find(|t| t.hash() == h(150)).unwrap();
-        assert_eq!(p.dst_holders(&t), vec![0]);
+        assert_eq!(p.dst_holders(&t), [0]);
         assert!(p.todo().all(|t| t.hash() != h(50)));
         assert_eq!(p.dst_copies_of_src_blocks().count(), 400);
     }
 
-    /// The interpolating search agrees with a plain binary search, on uniform hashes
-    /// and on skewed ones (every hash sharing a long prefix), hits and misses alike.
+    /// Replicas are the summed replication of the holding devices, in each wanted
+    /// class: a volume that keeps 2 copies is enough for 2; a block on the wrong class
+    /// is not present; two devices in different classes satisfy two classes.
     #[test]
-    fn holder_range_matches_binary_search() {
-        let seed = 0x5eed_u64;
-        println!("seed {seed}");
-        let mut x = seed;
-        let mut next = move || {
-            // xorshift64*
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    fn replication_and_classes_count() {
+        let (default, archive) = (1u64, 2u64);
+        let devs = vec![
+            DeviceWeight {
+                replication: 2,
+                classes: default,
+            },
+            DeviceWeight {
+                replication: 1,
+                classes: archive,
+            },
+            DeviceWeight {
+                replication: 1,
+                classes: default,
+            },
+        ];
+        let run = |want: Want, holders: &[u16]| -> u64 {
+            let mut b = PlanBuilder::new(want, devs.clone());
+            for &d in holders {
+                b.add_dst(d, h(1), 10);
+            }
+            b.finish_dst();
+            b.add_src(h(1), 10);
+            b.finish().stats().to_copy.blocks
         };
-        for (n, skew) in [
-            (0, 0),
-            (1, 0),
-            (7, 0),
-            (500, 0),
-            (5000, 0),
-            (3000, 6),
-            (3000, 14),
-        ] {
-            let mut v: Vec<DstEntry> = (0..n)
-                .map(|_| {
-                    let mut hash = [0u8; 16];
-                    hash[..8].copy_from_slice(&next().to_be_bytes());
-                    hash[8..].copy_from_slice(&next().to_be_bytes());
-                    // Skewed: the first `skew` bytes are all zero.
-                    hash[..skew].fill(0);
-                    let size = (next() % 3) as u32;
-                    DstEntry {
-                        hash,
-                        size,
-                        service: (next() % 2) as u16,
-                        seen: false,
-                    }
-                })
-                .collect();
-            // Duplicates (the same block on two services).
-            let dups: Vec<DstEntry> = v
-                .iter()
-                .step_by(3)
-                .map(|e| DstEntry { service: 7, ..*e })
-                .collect();
-            v.extend(dups);
-            v.sort();
-            let mut probes: Vec<([u8; 16], u32)> = v.iter().map(|e| (e.hash, e.size)).collect();
-            for _ in 0..n + 10 {
-                let mut hash = [0u8; 16];
-                hash[..8].copy_from_slice(&next().to_be_bytes());
-                hash[..skew].fill(0);
-                probes.push((hash, (next() % 3) as u32));
-            }
-            probes.push(([0; 16], 0));
-            probes.push(([0xff; 16], u32::MAX));
-            for (hash, size) in probes {
-                let k = key(&hash, size);
-                let lo = v.partition_point(|e| key(&e.hash, e.size) < k);
-                let hi = v.partition_point(|e| key(&e.hash, e.size) <= k);
-                assert_eq!(
-                    holder_range(&v, 0, &hash, size),
-                    (lo, hi),
-                    "n {n} skew {skew}"
-                );
-            }
+        let two_default = Want {
+            replicas: 2,
+            classes: default,
+        };
+        assert_eq!(run(two_default, &[0]), 0, "a volume of replication 2");
+        assert_eq!(run(two_default, &[2]), 1, "one copy of two");
+        assert_eq!(
+            run(two_default, &[1, 2]),
+            1,
+            "the archive copy does not count"
+        );
+        let both = Want {
+            replicas: 1,
+            classes: default | archive,
+        };
+        assert_eq!(run(both, &[2]), 1);
+        assert_eq!(run(both, &[1, 2]), 0);
+        let any = Want {
+            replicas: 3,
+            classes: 0,
+        };
+        assert_eq!(run(any, &[0, 1]), 0, "2 + 1 in any class");
+    }
+
+    /// A device's entries can be taken back (its index is read again).
+    #[test]
+    fn forget_a_device() {
+        let mut b = PlanBuilder::new(want(1), devices(2));
+        b.add_dst(0, h(1), 10);
+        b.add_dst(1, h(2), 10);
+        b.add_dst(1, h(1), 10);
+        b.forget_dst(1);
+        b.add_dst(1, h(1), 10);
+        b.finish_dst();
+        for i in 1..=2 {
+            b.add_src(h(i), 10);
         }
+        let p = b.finish();
+        assert_eq!(p.stats().dst.blocks, 1);
+        let t = p.todo().next().expect("h(2) is no longer on device 1");
+        assert_eq!(t.hash(), h(2));
+        assert_eq!(p.stats().to_copy.blocks, 1);
     }
 
     #[test]
     fn size_is_part_of_identity() {
-        let mut b = PlanBuilder::new(1);
+        let mut b = PlanBuilder::new(want(1), devices(1));
         b.add_dst(0, h(1), 5);
         b.finish_dst();
         b.add_src(h(1), 6);
@@ -624,12 +736,13 @@ mod tests {
         assert_eq!(p.stats().dst.blocks, 1);
     }
 
-    /// Memory: at most 40 bytes per distinct block even when every source block is
-    /// listed twice and half of them are on the destination (the S5 shape, scaled down).
+    /// Memory: at most 40 bytes per distinct block in both common shapes: a first
+    /// pass (half the blocks on the destination, on one device; every source block
+    /// listed twice) and a second pass (every block on two devices).
     #[test]
     fn memory_per_block_is_bounded() {
         let n = 200_000u64;
-        let mut b = PlanBuilder::new(1);
+        let mut b = PlanBuilder::new(want(1), devices(1));
         for i in 0..n / 2 {
             b.add_dst(0, h(i), 1000);
         }
@@ -641,6 +754,24 @@ mod tests {
         let p = b.finish();
         assert_eq!(p.stats().src.blocks, n);
         let per_block = p.heap_bytes() as f64 / n as f64;
-        assert!(per_block <= 40.0, "{per_block} bytes per block");
+        assert!(per_block <= 40.0, "first pass: {per_block} bytes per block");
+
+        let mut b = PlanBuilder::new(want(2), devices(2));
+        for d in 0..2 {
+            for i in 0..n {
+                b.add_dst(d, h(i), 1000);
+            }
+        }
+        b.finish_dst();
+        for i in 0..n {
+            b.add_src(h(i), 1000);
+        }
+        let p = b.finish();
+        assert_eq!(p.stats().to_copy.blocks, 0);
+        let per_block = p.heap_bytes() as f64 / n as f64;
+        assert!(
+            per_block <= 40.0,
+            "second pass: {per_block} bytes per block"
+        );
     }
 }

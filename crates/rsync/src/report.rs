@@ -32,6 +32,10 @@ pub struct Report {
     pub prefix: String,
     /// The plan's numbers (listed, present, to copy, per digit).
     pub plan: PlanStats,
+    /// How destination replicas were counted.
+    pub counting_rule: String,
+    /// The storage classes written to and counted (empty: any class).
+    pub storage_classes: Vec<String>,
     /// Blocks (and bytes) written to the destination in this run.
     pub copied: Tally,
     /// Replicas the destination confirmed in this run.
@@ -122,11 +126,19 @@ impl Report {
         let _ = writeln!(s, "  missing:             {}", t(&p.missing));
         let _ = writeln!(
             s,
-            "  under-replicated:    {} (fewer than {} services)",
+            "  under-replicated:    {} (fewer than {} replicas{})",
             t(&p.under_replicated),
-            p.replicas
+            p.replicas,
+            if self.storage_classes.is_empty() {
+                String::new()
+            } else {
+                format!(" in class {}", self.storage_classes.join(", "))
+            }
         );
         let _ = writeln!(s, "  to copy:             {}", t(&p.to_copy));
+        if !self.counting_rule.is_empty() {
+            let _ = writeln!(s, "  replicas counted:    {}", self.counting_rule);
+        }
         if self.mode == "dry-run" {
             let _ = writeln!(s, "  to copy by leading hex digit:");
             for (d, x) in p.by_digit.iter().enumerate() {

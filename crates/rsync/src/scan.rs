@@ -1,9 +1,11 @@
-//! The index phase: every keepstore of a cluster is asked for its index at once, and
-//! the entries stream into the [`PlanBuilder`] without any index body being held.
+//! The index phase: every device of a cluster is listed at once, and the entries stream
+//! into the [`PlanBuilder`] without any index body being held.
 //!
-//! The builder lives on a thread of its own ([`Planner`]): parsing index text and
-//! looking entries up in the plan each take about half of the index phase, so on two
-//! cores they overlap (BENCHMARKS.md, S5).
+//! A device is a volume, listed through the first keepstore that mounts it
+//! (`/mounts/{uuid}/blocks`), or, where `/mounts` cannot be read, a whole keep service
+//! (`/index`); see [`crate::topology`]. The builder lives on a thread of its own
+//! ([`Planner`]): parsing index text and looking entries up in the plan each take about
+//! half of the index phase, so on two cores they overlap (BENCHMARKS.md, S5).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -15,14 +17,18 @@ use keep_client::index::IndexEntry;
 use crate::cluster::{Cluster, Role};
 use crate::plan::{Plan, PlanBuilder};
 use crate::progress::Progress;
+use crate::topology::Topology;
 
 /// Entries per message to the planner thread.
 const BATCH: usize = 4096;
 /// Messages queued for the planner before index readers wait (16 × 4096 × 32 B = 2 MiB).
 const QUEUE: usize = 16;
+/// Times a device's index is read in all, when it breaks part-way.
+const INDEX_ATTEMPTS: usize = 3;
 
 enum Msg {
     Dst(u16, Vec<IndexEntry>),
+    ForgetDst(u16),
     Src(Vec<IndexEntry>),
     FinishDst,
 }
@@ -46,13 +52,16 @@ impl Planner {
             .spawn(move || {
                 for msg in rx {
                     match msg {
-                        Msg::Dst(service, batch) => {
+                        Msg::Dst(device, batch) => {
                             for e in batch {
-                                builder.add_dst(service, e.hash, e.size);
+                                builder.add_dst(device, e.hash, e.size);
                             }
                         }
+                        Msg::ForgetDst(device) => builder.forget_dst(device),
                         Msg::Src(batch) => {
-                            builder.add_src_many(batch.into_iter().map(|e| (e.hash, e.size)));
+                            for e in batch {
+                                builder.add_src(e.hash, e.size);
+                            }
                         }
                         Msg::FinishDst => builder.finish_dst(),
                     }
@@ -101,35 +110,77 @@ impl Planner {
     }
 }
 
-/// Reads every index of `cluster` (restricted to `prefix`) into `planner`: destination
-/// entries with the service number, source entries without.
+/// Lists device `d` of `topology` through the services that mount it, in order,
+/// until one answers: its volume (`/mounts/{uuid}/blocks`) when the topology knows
+/// volumes, else the whole service (`/index`).
+async fn list_device(
+    cluster: &Cluster,
+    topology: &Topology,
+    d: usize,
+    prefix: &str,
+    on_entry: &mut (impl FnMut(IndexEntry) + Send),
+) -> keep_client::Result<()> {
+    let device = &topology.devices[d];
+    let services = cluster.client.services();
+    let mut last = None;
+    for &s in &device.services {
+        let svc = &services[usize::from(s)];
+        let mut delivered = 0u64;
+        let mut count = |e| {
+            delivered += 1;
+            on_entry(e);
+        };
+        let r = if topology.by_volume() {
+            cluster
+                .client
+                .index_mount(svc, &device.id, prefix, &mut count)
+                .await
+        } else {
+            cluster.client.index(svc, prefix, &mut count).await
+        };
+        match r {
+            Ok(_) => return Ok(()),
+            // Another keepstore that mounts the same volume may answer.
+            Err(e @ keep_client::Error::Connect { .. }) if delivered == 0 => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("a device is mounted by at least one service"))
+}
+
+/// Reads every device index of `cluster` (restricted to `prefix`) into `planner`:
+/// destination entries with the device number, source entries without.
 ///
-/// An incomplete, malformed or refused index fails the whole scan: a short index would
-/// silently skip data (on the source) or resend it (on the destination). A service
-/// that cannot be reached at all (connection refused, after retries) is different:
-/// it is skipped and returned, so the run can copy everything else and report it
-/// (exit 1); the next run, once it is back, picks up what it holds. When no service
-/// of a side can be reached, the scan fails.
+/// An index that breaks part-way (cut short, or its connection broken) is read again
+/// from the start, up to three times in all; a destination device's entries from the
+/// broken attempt are forgotten first, so a block trashed in between does not count
+/// (a source entry that went stale is found out at copy time, as a vanished block).
+/// A malformed or refused index fails the whole scan: a short index would silently
+/// skip data (on the source) or resend it (on the destination). A device that cannot
+/// be reached at all (connection refused through every keepstore that mounts it,
+/// after retries) is skipped and returned, so the run can copy everything else and
+/// report it (exit 1); when nothing can be reached, the scan fails. Returns the
+/// devices (indexes into the topology) that could not be reached.
 ///
 /// # Errors
 /// The first index that failed, naming the service.
 pub async fn scan(
     cluster: &Cluster,
+    topology: &Topology,
     prefix: &str,
     planner: &Planner,
     progress: &Progress,
-) -> Result<Vec<String>> {
-    let services = cluster.client.services();
+) -> Result<Vec<usize>> {
     let side = cluster.role.name();
-    let outstanding = AtomicUsize::new(services.len());
+    let n = topology.devices.len();
+    let outstanding = AtomicUsize::new(n);
     let listed = AtomicU64::new(0);
-    progress.indexes(side, services.len(), 0);
-    let fetches = services.iter().enumerate().map(|(i, svc)| {
+    progress.indexes(side, n, 0);
+    let jobs = (0..n).map(|d| {
         let outstanding = &outstanding;
         let listed = &listed;
         async move {
-            let mut batch: Vec<IndexEntry> = Vec::with_capacity(BATCH);
-            let mut delivered = 0u64;
+            let device = d as u16;
             let flush = |batch: &mut Vec<IndexEntry>| {
                 if batch.is_empty() {
                     return;
@@ -137,13 +188,15 @@ pub async fn scan(
                 listed.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 let full = std::mem::replace(batch, Vec::with_capacity(BATCH));
                 planner.send(match cluster.role {
-                    Role::Destination => Msg::Dst(i as u16, full),
+                    Role::Destination => Msg::Dst(device, full),
                     Role::Source => Msg::Src(full),
                 });
             };
-            let got = cluster
-                .client
-                .index(svc, prefix, |e| {
+            let mut unreachable = None;
+            for attempt in 1..=INDEX_ATTEMPTS {
+                let mut batch: Vec<IndexEntry> = Vec::with_capacity(BATCH);
+                let mut delivered = 0u64;
+                let got = list_device(cluster, topology, d, prefix, &mut |e| {
                     delivered += 1;
                     batch.push(e);
                     if batch.len() >= BATCH {
@@ -151,33 +204,46 @@ pub async fn scan(
                     }
                 })
                 .await;
-            let unreachable = match got {
-                Ok(_) => None,
-                Err(e @ keep_client::Error::Connect { .. }) if delivered == 0 => {
-                    tracing::warn!(
-                        "{side} keep service {} is unreachable; skipping it: {e}",
-                        svc.uuid
-                    );
-                    Some(svc.uuid.clone())
+                match got {
+                    Ok(()) => {
+                        flush(&mut batch);
+                        break;
+                    }
+                    Err(e @ keep_client::Error::Connect { .. }) if delivered == 0 => {
+                        tracing::warn!(
+                            "{side} device {} is unreachable; skipping it: {e}",
+                            topology.devices[d].id
+                        );
+                        unreachable = Some(d);
+                        break;
+                    }
+                    // Before the first entry the client has retried already.
+                    Err(e) if e.is_retryable() && delivered > 0 && attempt < INDEX_ATTEMPTS => {
+                        tracing::warn!(
+                            "{side} index of {} broke after {delivered} entries; reading it again from the start: {e}",
+                            topology.devices[d].id
+                        );
+                        // What this attempt sent must go; what it did not send yet
+                        // goes with `batch`.
+                        if cluster.role == Role::Destination && delivered > 0 {
+                            planner.send(Msg::ForgetDst(device));
+                        }
+                    }
+                    Err(e) => return Err(anyhow::Error::new(e).context(format!("{side} index"))),
                 }
-                Err(e) => return Err(anyhow::Error::new(e).context(format!("{side} index"))),
-            };
-            flush(&mut batch);
+            }
             let left = outstanding.fetch_sub(1, Ordering::Relaxed) - 1;
             progress.indexes(side, left, listed.load(Ordering::Relaxed));
             anyhow::Ok(unreachable)
         }
     });
-    let down: Vec<String> = futures::future::try_join_all(fetches)
+    let down: Vec<usize> = futures::future::try_join_all(jobs)
         .await?
         .into_iter()
         .flatten()
         .collect();
-    if !down.is_empty() && down.len() == services.len() {
-        bail!(
-            "no {side} keep service could be reached ({}); check the services and the network",
-            down.join(", ")
-        );
+    if down.len() == n {
+        bail!("no {side} keep service could be reached; check the services and the network");
     }
     Ok(down)
 }

@@ -1,5 +1,6 @@
-//! `--verify`: is every source block on enough destination services? And with
-//! `--verify-data`, does every destination copy still hash to its name? (The
+//! `--verify`: does the destination hold every source block at the wanted replication,
+//! in every wanted storage class, by the rule the copy uses ([`crate::topology`])? And
+//! with `--verify-data`, does every destination copy still hash to its name? (The
 //! integrity check the original design, #7167, left for later.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,11 +9,11 @@ use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
-use crate::copy::signed_for_read;
 use crate::limit::BufferRoom;
 use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::report::{Failure, Report};
+use crate::topology::Topology;
 
 /// Settings of a verification.
 #[derive(Debug, Clone, Copy)]
@@ -29,24 +30,35 @@ pub struct VerifyOptions {
 /// block.
 pub async fn run(
     dst: &Cluster,
+    topology: &Topology,
     plan: &Plan,
     opts: VerifyOptions,
     progress: &Progress,
     stop: &CancellationToken,
     report: &mut Report,
 ) {
-    let replicas = plan.stats().replicas as usize;
+    let want = plan.want();
     for todo in plan.todo() {
-        let n = plan.dst_holders(&todo).len();
-        let (reason, detail) = if n == 0 {
+        let (reason, detail) = if plan.dst_holders(&todo).is_empty() {
             (
                 "missing".to_string(),
                 "not listed by any destination service".to_string(),
             )
         } else {
+            let s = plan.shortfall(&todo);
+            let lacking: Vec<String> = s
+                .classes
+                .iter()
+                .map(|&(bit, n)| format!("{n} in class {}", topology.names(bit).join(",")))
+                .collect();
+            let lacking = if lacking.is_empty() {
+                format!("{} replica(s)", s.replicas)
+            } else {
+                lacking.join(", ")
+            };
             (
                 "under-replicated".to_string(),
-                format!("listed by {n} destination service(s), want {replicas}"),
+                format!("lacks {lacking} of the {} wanted", want.replicas),
             )
         };
         report.fail(
@@ -67,12 +79,14 @@ pub async fn run(
     let room = BufferRoom::new(opts.buffer_memory);
     let checks = futures::stream::iter(plan.dst_copies_of_src_blocks())
         .take_while(|_| futures::future::ready(!stop.is_cancelled()))
-        .map(|(todo, svc)| {
+        .map(|(todo, device)| {
             let (verified, verified_bytes, room) = (&verified, &verified_bytes, &room);
             async move {
                 let _room = room.reserve(todo.size()).await;
+                // A volume is read through the first keepstore that mounts it.
+                let svc = topology.devices[usize::from(device)].services[0];
                 let service = &services[usize::from(svc)];
-                let loc = signed_for_read(dst, &todo.locator());
+                let loc = dst.signed_for_read(&todo.locator());
                 match dst.client.get_from(service, &loc).await {
                     Ok(_) => {
                         verified.fetch_add(1, Ordering::Relaxed);

@@ -135,7 +135,11 @@ async fn replication_beyond_destination() {
     p.src.put_block(&block("r", 0, 10), 1).await.unwrap();
     let r = p.rsync(&["-replications", "4"]).await;
     r.assert_code(2);
-    assert!(r.stderr.contains("only 3 writable"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("can hold only 3 replicas"),
+        "{}",
+        r.stderr
+    );
 
     // With one keepstore down, 3 replicas cannot be met: the block fails, exit 1,
     // and the report names the unreachable service.

@@ -9,6 +9,7 @@ mod bench_smoke;
 mod failures;
 mod oldclusters;
 mod reliability;
+mod replicas;
 mod resume;
 mod security;
 mod shards;

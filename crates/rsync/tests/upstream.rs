@@ -489,3 +489,100 @@ async fn upstream_placement_matches_go_keep_rsync_27_char_uuids() {
 async fn upstream_placement_matches_go_keep_rsync_28_char_uuids() {
     placement_matches_go(UuidStyle::ConfigDerived, 28).await;
 }
+
+/// Issue 13 on real keepstores: a volume with `Replication: 2` (one PUT per block,
+/// rerun sends nothing, `--verify` exit 0), a volume shared by two keepstores
+/// (`AccessViaHosts`: one replica), and `default` / `archive` classes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the upstream Arvados binaries; scripts/test runs it when they are found"]
+async fn upstream_replication_2_volume_shared_volume_and_classes() {
+    use keep_testcluster::upstream::VolumeSpec;
+    let up = Upstream::require();
+    let dir = tempfile::tempdir().unwrap();
+    let src = real(
+        dir.path(),
+        "src",
+        up.cluster(Version::V3_2_1).cluster_id("srcaa"),
+        true,
+    )
+    .await;
+    let blocks = seed(&src.c, "i13", 40, &[100, 5000, 70_000]);
+
+    // One keepstore, one volume that keeps two copies.
+    let r2 = real(
+        dir.path(),
+        "r2",
+        up.cluster(Version::V3_2_1)
+            .cluster_id("dstr2")
+            .keepstores(1)
+            .volumes(vec![VolumeSpec::on(0).replication(2)]),
+        false,
+    )
+    .await;
+    run(&real_args(&src, &r2, 2, &[])).await.assert_code(0);
+    assert_eq!(r2.c.block_puts(), blocks.len(), "one PUT per block");
+    let r = run(&real_args(&src, &r2, 2, &[])).await;
+    r.assert_code(0);
+    assert_eq!(r2.c.block_puts(), blocks.len(), "the rerun sent blocks");
+    run(&real_args(&src, &r2, 2, &["--verify"]))
+        .await
+        .assert_code(0);
+
+    // Three keepstores; the first two mount one volume (and the second its own too).
+    let sh = real(
+        dir.path(),
+        "sh",
+        up.cluster(Version::V3_2_1)
+            .cluster_id("dstsh")
+            .volumes(vec![
+                VolumeSpec::on(0).shared_with(1),
+                VolumeSpec::on(1),
+                VolumeSpec::on(2),
+            ]),
+        false,
+    )
+    .await;
+    for b in &blocks[..20] {
+        sh.c.write_on_volume(0, b, None).unwrap();
+    }
+    run(&real_args(&src, &sh, 2, &[])).await.assert_code(0);
+    let held = sh.c.holdings_by_volume();
+    for b in &blocks {
+        let vols = &held[&BlockHash::of(b)];
+        assert_eq!(vols.len(), 2, "on volumes {vols:?}");
+    }
+    run(&real_args(&src, &sh, 2, &["--verify"]))
+        .await
+        .assert_code(0);
+
+    // Classes: every keepstore has a default and an archive volume.
+    let classes = |id: &str| {
+        up.cluster(Version::V3_2_1)
+            .cluster_id(id)
+            .storage_class("default", true, 0)
+            .storage_class("archive", false, 0)
+            .volumes(
+                (0..3)
+                    .flat_map(|k| [VolumeSpec::on(k), VolumeSpec::on(k).classes(&["archive"])])
+                    .collect(),
+            )
+    };
+    for (id, extra, class) in [
+        ("dstcd", &[][..], "default"),
+        ("dstca", &["--storage-classes", "archive"][..], "archive"),
+    ] {
+        let c = real(dir.path(), id, classes(id), false).await;
+        run(&real_args(&src, &c, 2, extra)).await.assert_code(0);
+        let archive = |v: usize| !c.c.volumes()[v].spec.classes.is_empty();
+        for (h, vols) in c.c.holdings_by_volume() {
+            assert_eq!(vols.len(), 2, "{h} on {vols:?}");
+            assert!(
+                vols.iter().all(|&v| archive(v) == (class == "archive")),
+                "{h} not only on {class} volumes: {vols:?}"
+            );
+        }
+        let mut verify = vec!["--verify"];
+        verify.extend_from_slice(extra);
+        run(&real_args(&src, &c, 2, &verify)).await.assert_code(0);
+    }
+}

@@ -321,3 +321,14 @@ pub(crate) fn count_requests(
 pub(crate) fn ks(c: &TestCluster, i: usize) -> keep_testcluster::FaultHandle {
     c.faults(&format!("keepstore{i}")).unwrap()
 }
+
+/// Whether a logged request path is an index listing: `/index[/prefix]` or one
+/// volume's `/mounts/{uuid}/blocks`.
+pub(crate) fn is_index_path(path: &str) -> bool {
+    path.starts_with("/index") || (path.starts_with("/mounts/") && path.contains("/blocks"))
+}
+
+/// Whether a logged request path is an admin call (an index listing or `/mounts`).
+pub(crate) fn is_admin_path(path: &str) -> bool {
+    is_index_path(path) || path == "/mounts"
+}

@@ -1,9 +1,11 @@
 //! [`KeepClient`]: GET, HEAD, PUT and index against Keep services over HTTP(S), with
 //! probe order, retries, failover and replica counting (§8). Reads are here; writes
-//! are in `put.rs`, index listing in `index.rs`.
+//! are in `put.rs`; index and mount listings (the admin calls) in `listing.rs`.
 
-mod index;
+mod listing;
 mod put;
+
+pub use put::WriteTarget;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -123,7 +125,10 @@ pub struct IndexStats {
 #[derive(Debug, Clone)]
 pub struct KeepClient {
     services: Vec<KeepService>,
+    /// Sent with block reads and writes.
     token: Token,
+    /// Sent with the admin calls (`/index`, `/mounts`), when it differs from `token`.
+    admin_token: Option<Token>,
     http: reqwest::Client,
     options: ClientOptions,
 }
@@ -204,9 +209,19 @@ impl KeepClient {
         Ok(KeepClient {
             services,
             token,
+            admin_token: None,
             http,
             options,
         })
+    }
+
+    /// The same client, sending `admin` (the cluster's SystemRootToken) only with the
+    /// calls that need it, `/index` and `/mounts` (§5.1), and its own token with block
+    /// reads and writes (a signed read needs only the token its signature was made
+    /// for, a PUT to a keepstore none, §2).
+    pub fn with_admin_token(mut self, admin: Token) -> KeepClient {
+        self.admin_token = Some(admin);
+        self
     }
 
     /// Builds a client from cluster settings: reads the discovery document and the
@@ -259,6 +274,7 @@ impl KeepClient {
         let client = KeepClient {
             services,
             token: token.clone(),
+            admin_token: None,
             http,
             options,
         };
@@ -282,18 +298,31 @@ impl KeepClient {
 
     /// Every service, in the probe order for `hash` (§4.1).
     pub fn readable_order(&self, hash: &BlockHash) -> Vec<&KeepService> {
-        let uuids: Vec<&str> = self.services.iter().map(|s| s.uuid.as_str()).collect();
-        probe_order(hash, &uuids)
+        self.readable_order_indexes(hash)
             .into_iter()
             .map(|i| &self.services[i])
             .collect()
     }
 
+    /// [`KeepClient::readable_order`] as indexes into [`KeepClient::services`].
+    pub fn readable_order_indexes(&self, hash: &BlockHash) -> Vec<usize> {
+        let uuids: Vec<&str> = self.services.iter().map(|s| s.uuid.as_str()).collect();
+        probe_order(hash, &uuids)
+    }
+
     /// The writable (not read-only) services, in probe order for `hash`.
     pub fn writable_order(&self, hash: &BlockHash) -> Vec<&KeepService> {
-        self.readable_order(hash)
+        self.writable_order_indexes(hash)
             .into_iter()
-            .filter(|s| !s.read_only)
+            .map(|i| &self.services[i])
+            .collect()
+    }
+
+    /// [`KeepClient::writable_order`] as indexes into [`KeepClient::services`].
+    pub fn writable_order_indexes(&self, hash: &BlockHash) -> Vec<usize> {
+        self.readable_order_indexes(hash)
+            .into_iter()
+            .filter(|&i| !self.services[i].read_only)
             .collect()
     }
 
@@ -310,8 +339,22 @@ impl KeepClient {
             .header("X-Request-Id", reqid)
     }
 
+    /// A request for an admin call (`/index`, `/mounts`): with the admin token.
+    fn admin_request(&self, url: &str, reqid: &str) -> reqwest::RequestBuilder {
+        let token = self.admin_token.as_ref().unwrap_or(&self.token);
+        self.http
+            .get(url)
+            .bearer_auth(token.expose())
+            .header("X-Request-Id", reqid)
+    }
+
     fn sanitize(&self, body: &str) -> String {
-        sanitize_body(body, Some(self.token.expose()))
+        let admin = self.admin_token.as_ref().map(Token::expose);
+        let s = sanitize_body(body, Some(self.token.expose()));
+        match admin {
+            Some(a) => sanitize_body(&s, Some(a)),
+            None => s,
+        }
     }
 
     /// Reads a block (§8.4, with failover on bad data): services in probe order, one
