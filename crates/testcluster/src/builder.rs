@@ -24,6 +24,7 @@ pub struct Builder {
     pub(crate) ttl: Duration,
     pub(crate) seed_blocks: Option<(usize, usize)>,
     pub(crate) synthetic: Option<(u64, u64)>,
+    pub(crate) synthetic_keepstores: usize,
     pub(crate) read_only: Vec<(usize, usize)>,
     pub(crate) full: Vec<(usize, usize)>,
     pub(crate) read_only_keepstores: Vec<usize>,
@@ -61,6 +62,7 @@ impl Default for Builder {
             ttl: DEFAULT_TTL,
             seed_blocks: None,
             synthetic: None,
+            synthetic_keepstores: 1,
             read_only: Vec::new(),
             full: Vec::new(),
             read_only_keepstores: Vec::new(),
@@ -160,6 +162,13 @@ impl Builder {
     /// (see [`crate::synthetic_block`]). Default none.
     pub fn synthetic_blocks(mut self, n: u64, seed: u64) -> Self {
         self.synthetic = Some((n, seed));
+        self
+    }
+    /// Puts the synthetic volume (the same blocks, a volume of its own each) on the
+    /// first `k` keepstores instead of keepstore 0 only: a destination that already
+    /// holds every block `k` times. Default 1.
+    pub fn synthetic_keepstores(mut self, k: usize) -> Self {
+        self.synthetic_keepstores = k.max(1);
         self
     }
     /// Makes volume `volume` of keepstore `keepstore` read-only.

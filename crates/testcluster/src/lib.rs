@@ -324,9 +324,9 @@ impl TestCluster {
                 }
                 vols.push(Arc::new(vol));
             }
-            if k == 0 {
+            if k < b.synthetic_keepstores {
                 if let Some((n, seed)) = b.synthetic {
-                    let vuuid = format!("{id}-nyw5e-{:015}", 999);
+                    let vuuid = format!("{id}-nyw5e-{:015}", k * 1000 + 999);
                     let kind = Kind::Synthetic(volume::Synthetic::new(n, seed));
                     vols.push(Arc::new(Volume::new(vuuid, kind, true, false)?));
                 }

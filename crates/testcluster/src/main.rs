@@ -92,6 +92,9 @@ struct RunArgs {
     synthetic_blocks: u64,
     #[arg(long, default_value_t = 1)]
     synthetic_seed: u64,
+    /// Put the synthetic volume on the first K keepstores (each its own volume).
+    #[arg(long, default_value_t = 1)]
+    synthetic_keepstores: usize,
     /// Do not enforce permission signatures.
     #[arg(long)]
     no_blob_signing: bool,
@@ -226,7 +229,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         b = b.seed_blocks(a.seed_blocks, a.seed_block_size);
     }
     if a.synthetic_blocks > 0 {
-        b = b.synthetic_blocks(a.synthetic_blocks, a.synthetic_seed);
+        b = b
+            .synthetic_blocks(a.synthetic_blocks, a.synthetic_seed)
+            .synthetic_keepstores(a.synthetic_keepstores);
     }
     // Restarting on the same DIR keeps the key and tokens, so locators signed
     // before the restart stay valid for the data that survived it.
