@@ -46,6 +46,7 @@ pub struct Controller {
     token: Option<Token>,
     http: reqwest::Client,
     retry: RetryConfig,
+    timeout: std::time::Duration,
 }
 
 impl Controller {
@@ -92,6 +93,7 @@ impl Controller {
             token,
             http,
             retry: options.retry,
+            timeout: options.api_timeout,
         })
     }
 
@@ -126,7 +128,11 @@ impl Controller {
         allow_404: bool,
     ) -> Result<Option<Value>> {
         let url = format!("https://{}{}", self.host, path);
-        let mut req = self.http.get(&url).header("Accept", "application/json");
+        let mut req = self
+            .http
+            .get(&url)
+            .timeout(self.timeout)
+            .header("Accept", "application/json");
         if auth {
             if let Some(t) = &self.token {
                 req = req.bearer_auth(t.expose());

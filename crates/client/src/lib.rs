@@ -15,7 +15,8 @@
 //! - [`settings`]: `NAME.conf` settings files and `ARVADOS_*` variables (§9).
 //! - [`services`]: Keep service records from JSON or `ARVADOS_KEEP_SERVICES` (§7.3, §8.2).
 //! - [`index`]: a streaming parser for index bodies (§5.6). No I/O.
-//! - [`retry`]: retry counts and jittered backoff.
+//! - [`retry`]: retry counts and jittered backoff; `stall`: transfers fail only when
+//!   no byte moves for a while.
 //! - [`tls`]: rustls configuration (system roots, `SSL_CERT_FILE`, insecure mode).
 //! - [`controller`]: discovery document, cluster config, Keep service lists (§7).
 //! - [`keep`]: [`KeepClient`], GET/HEAD/PUT/index with retries and failover (§8).
@@ -61,6 +62,7 @@ pub mod retry;
 pub mod services;
 pub mod settings;
 pub mod signing;
+mod stall;
 pub mod tls;
 
 pub use controller::{ClusterConfig, Controller, Discovery};

@@ -255,23 +255,34 @@ impl ClusterSettings {
     /// by group or others (mode & 0o044), so that a CLI can warn. Always false for
     /// settings without a key or a file, and on non-unix systems.
     pub fn signing_key_readable_by_others(&self) -> bool {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            if self.blob_signing_key.is_none() {
-                return false;
-            }
-            self.path
-                .as_ref()
-                .and_then(|p| std::fs::metadata(p).ok())
-                .is_some_and(|m| m.permissions().mode() & 0o044 != 0)
-        }
-        #[cfg(not(unix))]
-        {
-            false
-        }
+        self.blob_signing_key.is_some() && self.secrets_readable_by_others()
     }
 
+    /// Whether the file holds a secret (a token or a signing key) and other users can
+    /// read it (group or world read bit).
+    pub fn secrets_readable_by_others(&self) -> bool {
+        if self.api_token.is_none() && self.blob_signing_key.is_none() {
+            return false;
+        }
+        self.path.as_deref().is_some_and(readable_by_others)
+    }
+}
+
+/// Whether other users than the owner can read `path` (group or world read bit).
+pub fn readable_by_others(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o044 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
+}
+
+impl ClusterSettings {
     /// The API host and token, which most uses require.
     ///
     /// # Errors

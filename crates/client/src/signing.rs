@@ -31,6 +31,20 @@ impl Token {
         &self.0
     }
 
+    /// A fresh random token of 50 alphanumerics, worth nothing to anyone: keepstore
+    /// checks only that a read's signature was made for the token sent with it (§2),
+    /// so a client that signs its own reads can use one instead of a real token.
+    pub fn random() -> Token {
+        use rand::Rng as _;
+        const A: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let mut rng = rand::rng();
+        Token(
+            (0..50)
+                .map(|_| A[rng.random_range(0..A.len())] as char)
+                .collect(),
+        )
+    }
+
     /// Whether the token is empty (an empty token disables signing, as in `SignLocator`).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

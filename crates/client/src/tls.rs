@@ -117,8 +117,8 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 pub(crate) struct HttpSettings {
     pub(crate) insecure: bool,
     pub(crate) connect_timeout: Duration,
-    pub(crate) request_timeout: Duration,
-    pub(crate) read_timeout: Option<Duration>,
+    /// `TCP_USER_TIMEOUT`: sent data unacknowledged this long closes the connection.
+    pub(crate) user_timeout: Option<Duration>,
     pub(crate) pool_max_idle_per_host: usize,
     pub(crate) user_agent: String,
 }
@@ -126,10 +126,12 @@ pub(crate) struct HttpSettings {
 /// One reqwest client (one connection pool) per cluster.
 pub(crate) fn http_client(s: &HttpSettings) -> Result<reqwest::Client> {
     let tls = rustls_config(s.insecure)?;
-    let mut b = reqwest::Client::builder()
+    let b = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .connect_timeout(s.connect_timeout)
-        .timeout(s.request_timeout)
+        // No whole-request deadline and no read timeout: Keep transfers are watched
+        // for stalls (stall.rs), API calls get a per-request deadline.
+        .tcp_user_timeout(s.user_timeout)
         .pool_max_idle_per_host(s.pool_max_idle_per_host)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_keepalive(Duration::from_secs(60))
@@ -138,9 +140,6 @@ pub(crate) fn http_client(s: &HttpSettings) -> Result<reqwest::Client> {
         // Keep services answer directly; a redirect would be unexpected, and following
         // it would send the token elsewhere.
         .redirect(reqwest::redirect::Policy::none());
-    if let Some(t) = s.read_timeout {
-        b = b.read_timeout(t);
-    }
     b.build()
         .map_err(|e| Error::Config(format!("building the HTTP client: {}", error_chain(&e))))
 }
@@ -206,8 +205,7 @@ mod tests {
         let s = HttpSettings {
             insecure: false,
             connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(1),
-            read_timeout: Some(Duration::from_secs(1)),
+            user_timeout: None,
             pool_max_idle_per_host: 4,
             user_agent: "t".into(),
         };

@@ -26,7 +26,7 @@ fn options() -> ClientOptions {
             },
             seed: Some(1),
         },
-        request_timeout: Duration::from_secs(10),
+        stall_timeout: Duration::from_secs(10),
         ..ClientOptions::default()
     }
 }
@@ -733,7 +733,7 @@ async fn slow_service_times_out_and_is_retried() {
     })
     .await;
     let mut o = options();
-    o.request_timeout = Duration::from_millis(300);
+    o.stall_timeout = Duration::from_millis(300);
     let c = KeepClient::new(services.clone(), Token::new(TOKEN), o.clone()).unwrap();
     assert_eq!(c.get(&loc).await.unwrap(), data);
     assert_eq!(mocks[0].count(), 2);

@@ -95,7 +95,7 @@ fn options() -> ClientOptions {
             seed: None,
         },
         connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(20),
+        stall_timeout: Duration::from_secs(20),
         ..ClientOptions::default()
     }
 }

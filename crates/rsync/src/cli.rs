@@ -18,6 +18,9 @@ pub mod exit {
     pub const SOME_FAILED: u8 = 1;
     /// Usage, settings or fatal error (for example an incomplete index or a rejected token).
     pub const FATAL: u8 = 2;
+    /// Everything else was copied, but some source blocks vanished (were deleted on
+    /// the source) after its index was read; rsync's code for the same thing.
+    pub const VANISHED: u8 = 24;
     /// Interrupted by Ctrl-C or SIGTERM; the report covers what was done.
     pub const INTERRUPTED: u8 = 130;
 }
@@ -37,7 +40,10 @@ EXIT STATUS
   0    every source block is on the destination at the replication level
   1    finished, but some blocks failed (see the report and --failed-list)
   2    usage, settings or fatal error (bad flag, unreadable settings, incomplete
-       index, rejected token or signing key): nothing was half-written
+       index, rejected token or signing key), or stopped: block after block failed
+       the same way, or the destination is full; nothing was half-written
+  24   everything else copied, but some source blocks vanished (were deleted on the
+       source since its index was read); they are listed as vanished
   130  interrupted (Ctrl-C / SIGTERM): copies in flight finished, the report was printed
 
 Run it again after any interruption: the destination's index is the checkpoint, so
@@ -145,9 +151,23 @@ pub struct Cli {
     #[arg(long)]
     pub verify_data: bool,
 
-    /// Write the locators (unsigned) of blocks that failed to this file, one per line.
+    /// Write each block that fails to this file as it fails: its locator (unsigned),
+    /// a space, and the kind of failure (vanished, bad-source-copy,
+    /// destination-full, ...). The file is emptied at the start of the run.
     #[arg(long, value_name = "FILE")]
     pub failed_list: Option<PathBuf>,
+
+    /// Copy exactly the blocks listed in FILE (one locator with its size per line,
+    /// as --failed-list writes them; `#` comments and blank lines are skipped) instead
+    /// of those the source's indexes list: retry the failures of a huge run in
+    /// minutes. The destination's index is still read, as the checkpoint.
+    #[arg(long, value_name = "FILE")]
+    pub from_list: Option<PathBuf>,
+
+    /// Print one summary line per DURATION (e.g. 1m) instead of one line per block;
+    /// failures are still printed as they happen. For large runs logged to a file.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub stats: Option<Duration>,
 
     /// Limit reads from the source to RATE bytes per second (suffixes K, M, G; powers
     /// of 1024).
@@ -158,6 +178,12 @@ pub struct Cli {
     /// connection), with jittered exponential backoff.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub retries: u32,
+
+    /// A transfer (block read or write, index listing) fails when no byte has moved for
+    /// this long (e.g. 60s, 5m); a slow but moving one is never cut, however long it
+    /// takes. Connects still time out after 5 s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+    pub stall_timeout: Duration,
 
     /// Write progress events and the final report as JSON lines on stdout.
     #[arg(long)]

@@ -65,7 +65,8 @@ pub struct Cluster {
     pub api_host: Option<String>,
     /// The Keep client (holds the token; never logged).
     pub client: KeepClient,
-    /// The token, for signing reads.
+    /// The token sent with block reads and writes, and signed for: one made for this
+    /// run (keepstores), or the cluster's own (a keepproxy checks it).
     pub token: Token,
     /// Blob signing key, when known.
     pub key: Option<SigningKey>,
@@ -83,6 +84,13 @@ fn read_secret_file(path: &Path, what: &str) -> Result<String> {
     let t = text.trim();
     if t.is_empty() {
         bail!("the {what} file {} is empty", path.display());
+    }
+    if keep_client::settings::readable_by_others(path) {
+        tracing::warn!(
+            "{} holds a {what} and is readable by other users; run: chmod 600 {}",
+            path.display(),
+            path.display()
+        );
     }
     Ok(t.to_owned())
 }
@@ -122,9 +130,14 @@ pub fn load_settings(a: &ClusterArgs<'_>) -> Result<Loaded> {
         Some(p) => Some(SigningKey::new(read_secret_file(p, "blob signing key")?)),
         None => settings.blob_signing_key.clone(),
     };
-    if key.is_some() && settings.signing_key_readable_by_others() {
+    if settings.secrets_readable_by_others() {
+        let what = if settings.blob_signing_key.is_some() {
+            "a blob signing key"
+        } else {
+            "a token"
+        };
         tracing::warn!(
-            "{} holds a blob signing key and is readable by other users; run: chmod 600 {}",
+            "{} holds {what} and is readable by other users; run: chmod 600 {}",
             a.settings,
             a.settings
         );
@@ -206,12 +219,23 @@ pub async fn connect(
             a.settings
         );
     }
+    // Least privilege: the cluster's token (its SystemRootToken) goes only where it is
+    // needed, with /index and /mounts. Keepstores check a read's signature against
+    // the token sent with it, nothing more (§2), so block reads are signed for a
+    // random token made for this run, and writes (which need none) carry it too.
+    // A keepproxy checks tokens with the API server: it gets the cluster's.
+    let (client, data_token) = if client.has_proxy() {
+        (client, token)
+    } else {
+        let run = Token::random();
+        (client.with_admin_token(token).with_token(run.clone()), run)
+    };
     Ok(Cluster {
         role: a.role,
         origin: a.settings.to_owned(),
         api_host: settings.api_host.clone().filter(|_| api_used),
         client,
-        token,
+        token: data_token,
         key,
         ttl: a.ttl.or(info.blob_signature_ttl),
         default_replication: info.default_replication,

@@ -1,10 +1,10 @@
 //! The copy engine: a bounded pool of block copies (read from the source, write to the
 //! destination in its probe order until the wanted replicas and classes are
-//! confirmed), that records failures and goes on, stops early on a systematic
-//! failure, and drains cleanly on Ctrl-C.
+//! confirmed), that records failures and goes on, stops on a systematic failure or a
+//! full destination, and drains cleanly on Ctrl-C.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt as _;
 use keep_client::WriteTarget;
@@ -14,21 +14,28 @@ use crate::cluster::Cluster;
 use crate::limit::{BufferRoom, RateLimiter};
 use crate::plan::{Plan, Todo};
 use crate::progress::Progress;
-use crate::report::{Failure, Report};
+use crate::report::{Failure, FailureKind, Report};
 use crate::topology::Topology;
 
-/// How many failures, before any success, that all share one permanent reason make the
-/// run stop instead of failing every block the same way.
+/// How many failures before any success, all of one kind that says something about
+/// the run (a wrong key, a refused token), stop it.
 const SYSTEMATIC_AFTER: usize = 5;
+/// How many outcomes in a row, all failures of one such kind, stop a run at any point
+/// (a key rotated mid-run, a token revoked).
+const WINDOW: usize = 20;
 
 /// The outcome of one block.
 enum Outcome {
     Copied {
         replicas: usize,
         past_first_choice: bool,
+        /// Destination services that answered "full" along the way.
+        full: Vec<String>,
     },
-    /// The failure, and whether it was temporary (a retry later could succeed).
-    Failed(Failure, bool),
+    Failed {
+        failure: Failure,
+        full: Vec<String>,
+    },
 }
 
 /// Settings of the engine.
@@ -51,13 +58,61 @@ pub struct CopyOptions {
 pub enum Stop {
     /// Ran to the end (or was interrupted: see the report).
     Finished,
-    /// Every early attempt failed the same permanent way; the message says why.
+    /// Block after block failed the same way, a way that will not change by itself;
+    /// the message says why.
     Systematic(String),
+    /// Every writable destination volume is on keepstores that answered "full".
+    Full(String),
+}
+
+/// Decides when failures say something about the whole run, so that it stops instead
+/// of failing every block the same way. Failures that are temporary (5xx, timeouts)
+/// or belong to one block (a damaged or vanished copy) never count.
+#[derive(Debug, Default)]
+struct Verdict {
+    /// The latest outcomes, newest last: `None` for a copied block.
+    recent: VecDeque<Option<FailureKind>>,
+    any_success: bool,
+}
+
+impl Verdict {
+    /// Records an outcome; returns the kind that should stop the run, if any.
+    fn record(&mut self, outcome: Option<FailureKind>) -> Option<FailureKind> {
+        self.any_success |= outcome.is_none();
+        self.recent.push_back(outcome);
+        if self.recent.len() > WINDOW {
+            self.recent.pop_front();
+        }
+        let k = outcome?;
+        if k.is_temporary() || k.is_per_block() {
+            return None;
+        }
+        let needed = if self.any_success {
+            WINDOW
+        } else {
+            SYSTEMATIC_AFTER
+        };
+        let run = self
+            .recent
+            .iter()
+            .rev()
+            .take_while(|o| **o == Some(k))
+            .count();
+        (run >= needed).then_some(k)
+    }
+
+    /// How many blocks in a row failed that way (for the message).
+    fn run_length(&self) -> usize {
+        let last = self.recent.back().copied().flatten();
+        self.recent.iter().rev().take_while(|o| **o == last).count()
+    }
 }
 
 /// What every copy shares: the options, and what follows from them once per run.
 struct Shared<'a> {
     opts: &'a CopyOptions,
+    /// Destination services that answered "full" (indexes): not written again.
+    full: Mutex<Vec<usize>>,
     /// Replicas a PUT to each destination service is expected to store.
     expect: Vec<usize>,
     /// Destination services that share writable volumes, if any do.
@@ -118,23 +173,23 @@ async fn copy_one(
 ) -> Outcome {
     let opts = shared.opts;
     let loc = todo.locator();
-    let fail = |reason: &str, e: &keep_client::Error| {
-        Outcome::Failed(
-            Failure {
-                locator: loc.to_string(),
-                reason: reason.to_owned(),
-                detail: e.to_string(),
-            },
-            e.is_retryable(),
-        )
+    let fail = |kind: FailureKind, e: &keep_client::Error| Outcome::Failed {
+        failure: Failure {
+            locator: loc.to_string(),
+            kind,
+            detail: e.to_string(),
+        },
+        full: full_services(e),
     };
-    // Never to a service that lists it already (the checkpoint), nor one that is down.
+    // Never to a service that lists it already (the checkpoint), nor one that is
+    // down or full.
     let mut exclude = if dst.client.has_proxy() {
         Vec::new()
     } else {
         opts.topology.services_of(plan.dst_holders(&todo))
     };
     exclude.extend(opts.skip_dst.iter().copied());
+    exclude.extend(shared.full.lock().expect("full lock").iter().copied());
     let target = target(dst, plan, &todo, shared, &exclude);
     // Held until the block is written (or given up): the read buffer lives that long.
     let _room = shared.room.reserve(todo.size()).await;
@@ -147,7 +202,7 @@ async fn copy_one(
     let read_loc = src.signed_for_read(&loc);
     let data = match src.client.get_unchecked(&read_loc).await {
         Ok(d) => d,
-        Err(e) => return fail(&format!("source: {}", e.reason()), &e),
+        Err(e) => return fail(FailureKind::of_read(&e), &e),
     };
     let mut written = dst.client.put_to(data, &target).await;
     if let Err(keep_client::Error::ContentRejected { .. }) = &written {
@@ -157,7 +212,7 @@ async fn copy_one(
         tracing::warn!(block = %loc, "the destination rejected the data read from the source; reading it again, checked");
         written = match src.client.get(&read_loc).await {
             Ok(d) => dst.client.put_to(d, &target).await,
-            Err(e) => return fail(&format!("source: {}", e.reason()), &e),
+            Err(e) => return fail(FailureKind::of_read(&e), &e),
         };
     }
     match written {
@@ -167,9 +222,67 @@ async fn copy_one(
             Outcome::Copied {
                 replicas: r.replicas,
                 past_first_choice: past,
+                full: r.full,
             }
         }
-        Err(e) => fail(&format!("destination: {}", e.reason()), &e),
+        // Nothing failed, but not enough services were left to ask: the others are
+        // down or full (skipped on purpose), a state a later run may not find.
+        Err(e)
+            if matches!(&e, keep_client::Error::InsufficientReplicas { failures, .. }
+                if failures.is_empty()) =>
+        {
+            let full = shared.full.lock().expect("full lock").clone();
+            let (kind, why) = if opts.skip_dst.iter().any(|s| exclude.contains(s)) {
+                (
+                    FailureKind::DestinationUnavailable,
+                    "the other writable keep services could not be reached",
+                )
+            } else if full.iter().any(|s| exclude.contains(s)) {
+                (
+                    FailureKind::DestinationFull,
+                    "the other writable keep services are full",
+                )
+            } else {
+                (
+                    FailureKind::DestinationError,
+                    "no other writable keep service could take it",
+                )
+            };
+            Outcome::Failed {
+                failure: Failure {
+                    locator: loc.to_string(),
+                    kind,
+                    detail: format!("{}: {why}", short_of(&e)),
+                },
+                full: Vec::new(),
+            }
+        }
+        Err(e) => fail(FailureKind::of_write(&e), &e),
+    }
+}
+
+/// "stored N of M wanted replicas of L", without the list of failures.
+fn short_of(e: &keep_client::Error) -> String {
+    match e {
+        keep_client::Error::InsufficientReplicas {
+            locator,
+            wanted,
+            stored,
+            ..
+        } => format!("stored {stored} of {wanted} wanted replicas of {locator}"),
+        other => other.to_string(),
+    }
+}
+
+/// The services an error says are full.
+fn full_services(e: &keep_client::Error) -> Vec<String> {
+    match e {
+        keep_client::Error::InsufficientReplicas { failures, .. } => failures
+            .iter()
+            .filter(|f| f.reason == "storage full")
+            .map(|f| f.service.clone())
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -202,19 +315,20 @@ pub async fn run(
     stop: &CancellationToken,
     report: &Mutex<Report>,
 ) -> Stop {
-    let systematic: Mutex<Option<String>> = Mutex::new(None);
-    let any_success = AtomicBool::new(false);
-    let early: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let halt = stop.child_token();
+    let services = dst.client.services();
     let shared = Shared {
         opts,
         expect: opts
             .topology
-            .expected_per_service(dst.client.services().len(), plan.want().classes),
-        sharing: opts.topology.sharing(dst.client.services().len()),
+            .expected_per_service(services.len(), plan.want().classes),
+        sharing: opts.topology.sharing(services.len()),
         room: BufferRoom::new(opts.buffer_memory),
+        full: Mutex::new(Vec::new()),
     };
     let shared = &shared;
+    let mut verdict = Verdict::default();
+    let mut stopped = Stop::Finished;
 
     let work = futures::stream::iter(plan.todo())
         .take_while(|_| futures::future::ready(!halt.is_cancelled()))
@@ -223,53 +337,112 @@ pub async fn run(
     futures::pin_mut!(work);
     while let Some((todo, outcome)) = work.next().await {
         let mut r = report.lock().expect("report lock");
-        match outcome {
+        let (kind, full) = match outcome {
             Outcome::Copied {
                 replicas,
                 past_first_choice,
+                full,
             } => {
-                any_success.store(true, Ordering::Relaxed);
                 r.copied.blocks += 1;
                 r.copied.bytes += todo.size();
                 r.replicas_written += replicas as u64;
                 r.placed_past_first_choice += u64::from(past_first_choice);
                 progress.block_done(&todo.locator().to_string(), todo.size(), true);
+                (None, full)
             }
-            Outcome::Failed(f, temporary) => {
-                tracing::warn!(block = %f.locator, reason = %f.reason, "{}", f.detail);
-                progress.block_done(&f.locator, todo.size(), false);
-                if !any_success.load(Ordering::Relaxed) {
-                    let mut e = early.lock().expect("early lock");
-                    e.push(f.reason.clone());
-                    // Temporary failures (a `read failed` or `insufficient replicas`
-                    // made of 503s and refused connections) say nothing systematic.
-                    let permanent = !temporary
-                        && !f.reason.contains("server error")
-                        && !f.reason.contains("timeout")
-                        && !f.reason.contains("connection")
-                        && !f.reason.contains("checksum")
-                        && !f.reason.contains("bad stored copy");
-                    let threshold = SYSTEMATIC_AFTER;
-                    if permanent && e.len() >= threshold && e.iter().all(|x| *x == f.reason) {
-                        // Blocks still in flight fail the same way; the first
-                        // verdict is the one to report.
-                        systematic.lock().expect("lock").get_or_insert_with(|| {
-                            format!(
-                                "the first {} blocks all failed the same way ({}): {}",
-                                e.len(),
-                                f.reason,
-                                f.detail
-                            )
-                        });
-                        halt.cancel();
-                    }
-                }
+            Outcome::Failed { failure: f, full } => {
+                let kind = f.kind;
+                progress.block_failed(&f.locator, todo.size(), kind.label(), &f.detail);
                 r.fail(f, todo.size());
+                (Some(kind), full)
+            }
+        };
+        drop(r);
+        if !matches!(stopped, Stop::Finished) {
+            continue; // Blocks still in flight end as they may; the first verdict stands.
+        }
+        if let Some(k) = verdict.record(kind) {
+            stopped = Stop::Systematic(format!(
+                "{} blocks in a row failed the same way ({}); see the report",
+                verdict.run_length(),
+                k.label()
+            ));
+            halt.cancel();
+        }
+        if !full.is_empty() {
+            if let Some(msg) = note_full(dst, shared, plan, &full) {
+                stopped = Stop::Full(msg);
+                halt.cancel();
             }
         }
     }
-    match systematic.into_inner().expect("lock") {
-        Some(msg) => Stop::Systematic(msg),
-        None => Stop::Finished,
+    stopped
+}
+
+/// Remembers services that said they are full (no block is sent to them again), and
+/// says so when no writable room is left for the wanted replicas in some class.
+fn note_full(dst: &Cluster, shared: &Shared<'_>, plan: &Plan, newly: &[String]) -> Option<String> {
+    let services = dst.client.services();
+    let mut full = shared.full.lock().expect("full lock");
+    for uuid in newly {
+        if let Some(i) = services.iter().position(|s| &s.uuid == uuid) {
+            if !full.contains(&i) {
+                tracing::warn!("destination keep service {uuid} is full; no more blocks go to it");
+                full.push(i);
+            }
+        }
+    }
+    let t = &shared.opts.topology;
+    let room = t.room_without(&full, plan.want().classes);
+    (room < u64::from(plan.want().replicas)).then(|| {
+        let names: Vec<&str> = full.iter().map(|&i| services[i].uuid.as_str()).collect();
+        format!(
+            "the destination is full: the keep services that answered 507 ({}) leave room for {room} of the {} wanted replicas; add volumes, then run again",
+            names.join(", "),
+            plan.want().replicas
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts() {
+        let perm = Some(FailureKind::SourcePermission);
+        // Five telling failures before any success stop the run.
+        let mut v = Verdict::default();
+        for _ in 0..4 {
+            assert_eq!(v.record(perm), None);
+        }
+        assert_eq!(v.record(perm), perm);
+
+        // After a success, it takes a window's worth in a row.
+        let mut v = Verdict::default();
+        v.record(None);
+        for _ in 0..WINDOW - 1 {
+            assert_eq!(v.record(perm), None);
+        }
+        assert_eq!(v.record(perm), perm);
+        assert_eq!(v.run_length(), WINDOW);
+
+        // A success or another kind breaks the run; temporary and per-block failures
+        // never stop anything.
+        let mut v = Verdict::default();
+        for i in 0..100 {
+            let k = match i % 3 {
+                0 => Some(FailureKind::SourceUnavailable),
+                1 => Some(FailureKind::Vanished),
+                _ => Some(FailureKind::BadSourceCopy),
+            };
+            assert_eq!(v.record(k), None);
+        }
+        let mut v = Verdict::default();
+        v.record(None);
+        for i in 0..100 {
+            let k = if i % 10 == 9 { None } else { perm };
+            assert_eq!(v.record(k), None, "{i}");
+        }
     }
 }

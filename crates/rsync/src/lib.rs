@@ -12,6 +12,7 @@
 //! - [`plan`]: the compact set difference (≤ 40 bytes per block). No I/O.
 //! - [`copy`]: the bounded concurrent copy engine.
 //! - [`verify`]: `--verify` and `--verify-data`.
+//! - [`listfile`]: `--from-list`, locators to copy instead of the source's indexes.
 //! - [`progress`], [`report`], [`limit`], [`signals`]: what the operator sees,
 //!   `--bwlimit` and `--max-buffer-memory`, Ctrl-C.
 
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod cluster;
 pub mod copy;
 pub mod limit;
+pub mod listfile;
 pub mod plan;
 pub mod progress;
 pub mod report;
@@ -67,6 +69,9 @@ fn validate(cli: &Cli) -> Result<()> {
     }
     if cli.retries > 100 {
         bail!("--retries {}: use 0 to 100", cli.retries);
+    }
+    if cli.stall_timeout.as_millis() < 100 {
+        bail!("--stall-timeout: must be at least 100ms (e.g. 60s)");
     }
     for (flag, ttl) in [
         ("-src-blob-signature-ttl", cli.src_blob_signature_ttl),
@@ -117,7 +122,17 @@ async fn run_inner(cli: Cli) -> Result<u8> {
     }
     validate(&cli)?;
     let started = Instant::now();
-    let mut progress = Progress::new(Mode::choose(cli.json, cli.quiet));
+    let mut progress = Progress::new(Mode::choose(cli.json, cli.quiet), cli.stats);
+    // Created (emptied) now: a path that cannot be written is found before any work,
+    // and from here on the file holds every failure as it happens.
+    let failed_list = match &cli.failed_list {
+        Some(p) => Some(report::FailedList::create(p)?),
+        None => None,
+    };
+    let from_list = match &cli.from_list {
+        Some(p) => Some(listfile::read(p)?),
+        None => None,
+    };
     let src_arg = cli.src.as_deref().expect("clap requires -src");
     let dst_arg = cli.dst.as_deref().expect("clap requires -dst");
     let src_args = ClusterArgs {
@@ -146,6 +161,7 @@ async fn run_inner(cli: Cli) -> Result<u8> {
             ..RetryConfig::default()
         },
         pool_max_idle_per_host: cli.concurrency.max(8),
+        stall_timeout: cli.stall_timeout,
         ..ClientOptions::default()
     };
     // With keep services given as JSON, the API server is asked only for what no
@@ -168,6 +184,10 @@ async fn run_inner(cli: Cli) -> Result<u8> {
     };
     let (src_topology, mut dst_topology) = tokio::try_join!(
         async {
+            if from_list.is_some() {
+                // The source's indexes are not read: its volumes do not matter.
+                return Ok(topology::Topology::unread());
+            }
             topology::Topology::discover(&src.client)
                 .await
                 .context("source /mounts")
@@ -226,7 +246,18 @@ async fn run_inner(cli: Cli) -> Result<u8> {
     let planner = scan::Planner::start(PlanBuilder::new(counting, weights))?;
     let dst_down = scan::scan(&dst, &dst_topology, &cli.prefix, &planner, &progress).await?;
     planner.finish_dst();
-    let src_down = scan::scan(&src, &src_topology, &cli.prefix, &planner, &progress).await?;
+    let src_down = match &from_list {
+        // Exactly the listed blocks, as if the source had listed them.
+        Some(blocks) => {
+            planner.add_src(
+                blocks
+                    .iter()
+                    .filter(|l| l.hash().has_hex_prefix(&cli.prefix)),
+            );
+            Vec::new()
+        }
+        None => scan::scan(&src, &src_topology, &cli.prefix, &planner, &progress).await?,
+    };
     let mut plan = planner.finish()?;
     plan.set_want(want);
     let s = plan.stats();
@@ -258,7 +289,9 @@ async fn run_inner(cli: Cli) -> Result<u8> {
         }
         .into(),
         prefix: cli.prefix.clone(),
+        from_list: cli.from_list.as_ref().map(|p| p.display().to_string()),
         plan: s.clone(),
+        failed_list,
         counting_rule: dst_topology.rule.to_string(),
         storage_classes: classes.clone(),
         unreachable_services: unreachable("source", &src, &src_topology, &src_down)
@@ -298,25 +331,52 @@ async fn run_inner(cli: Cli) -> Result<u8> {
             topology: dst_topology,
         };
         let shared = Mutex::new(report);
+        let progress = std::sync::Arc::new(progress);
+        let stats = progress.spawn_stats();
         let outcome = copy::run(&src, &dst, &plan, &opts, &progress, &stop, &shared).await;
+        if let Some(t) = stats {
+            t.abort();
+        }
         report = shared.into_inner().expect("report lock");
         progress.finish();
-        if let copy::Stop::Systematic(msg) = outcome {
-            finish_report(&cli, &mut report, started, copy_started, &progress)?;
-            bail!("stopped early: {msg}");
+        match outcome {
+            copy::Stop::Finished => {}
+            copy::Stop::Systematic(msg) => {
+                finish_report(&cli, &mut report, started, copy_started, &progress)?;
+                bail!("stopped early: {msg}");
+            }
+            copy::Stop::Full(msg) => {
+                finish_report(&cli, &mut report, started, copy_started, &progress)?;
+                bail!("stopped: {msg}");
+            }
         }
+        finish(&cli, &stop, &mut report, started, copy_started, &progress)?;
+        return Ok(report.exit_code());
     }
+    finish(&cli, &stop, &mut report, started, copy_started, &progress)?;
+    Ok(report.exit_code())
+}
+
+/// Marks an interrupted run's blocks as not attempted, and prints the report.
+fn finish(
+    cli: &Cli,
+    stop: &CancellationToken,
+    report: &mut Report,
+    started: Instant,
+    copy_started: Instant,
+    progress: &Progress,
+) -> Result<()> {
+    let s = report.plan.clone();
     if stop.is_cancelled() {
         report.interrupted = true;
-        let done = report.copied.blocks + report.failed.blocks;
+        let done = report.copied.blocks + report.failed.blocks + report.vanished.blocks;
         report.not_attempted.blocks = s.to_copy.blocks.saturating_sub(done);
         report.not_attempted.bytes = s
             .to_copy
             .bytes
-            .saturating_sub(report.copied.bytes + report.failed.bytes);
+            .saturating_sub(report.copied.bytes + report.failed.bytes + report.vanished.bytes);
     }
-    finish_report(&cli, &mut report, started, copy_started, &progress)?;
-    Ok(report.exit_code())
+    finish_report(cli, report, started, copy_started, progress)
 }
 
 fn finish_report(
@@ -327,9 +387,6 @@ fn finish_report(
     progress: &Progress,
 ) -> Result<()> {
     report.set_elapsed(started.elapsed(), copy_started.elapsed());
-    if let Some(path) = &cli.failed_list {
-        report::write_failed_list(path, &report.failures)?;
-    }
     progress.finish();
     if cli.json {
         println!("{}", report.to_json());

@@ -109,7 +109,8 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, size: u64) {
+    /// Counts one block of `size` bytes.
+    pub fn add(&mut self, size: u64) {
         self.blocks += 1;
         self.bytes += size;
     }

@@ -1,5 +1,7 @@
 //! Progress: a live bar on a terminal, one line per block otherwise (the Go tool's
-//! format, so existing log scrapers keep working), NDJSON events with `--json`.
+//! format, so existing log scrapers keep working, each line with a UTC timestamp),
+//! or with `--stats` one summary line per interval; NDJSON events with `--json`.
+//! Failures are always printed as they happen.
 //!
 //! The engine only calls the methods here; how progress looks is decided once, from
 //! the flags and whether stderr is a terminal.
@@ -81,6 +83,8 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     copy: Mutex<CopyState>,
     started: Instant,
+    /// `--stats`: a summary line per interval instead of a line per block.
+    stats: Option<Duration>,
 }
 
 /// `1h2m3s`, `2m3s`, `4s`: the Go tool's style, rounded to seconds.
@@ -94,6 +98,35 @@ pub fn fmt_duration(d: Duration) -> String {
     } else {
         format!("{s}s")
     }
+}
+
+/// The current time in UTC, as `2026-11-27T13:45:01Z`.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    utc(secs)
+}
+
+/// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian calendar).
+fn utc(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// `1.5 GiB`-style sizes.
@@ -113,8 +146,9 @@ pub fn fmt_bytes(b: u64) -> String {
 }
 
 impl Progress {
-    /// A reporter in `mode`.
-    pub fn new(mode: Mode) -> Progress {
+    /// A reporter in `mode`, printing a summary every `stats` instead of a line per
+    /// block when set.
+    pub fn new(mode: Mode, stats: Option<Duration>) -> Progress {
         Progress {
             mode,
             bar: None,
@@ -132,6 +166,7 @@ impl Progress {
                 last_json: Instant::now(),
             }),
             started: Instant::now(),
+            stats,
         }
     }
 
@@ -146,10 +181,11 @@ impl Progress {
         let _ = out.flush();
     }
 
+    /// Prints `msg` on its own line: above the bar, or with a timestamp in line mode.
     fn line(&self, msg: &str) {
         match &self.bar {
             Some(bar) => bar.println(msg),
-            None => eprintln!("{msg}"),
+            None => eprintln!("{} {msg}", utc_now()),
         }
     }
 
@@ -233,7 +269,7 @@ impl Progress {
                     ));
                 }
             }
-            Mode::Lines => {
+            Mode::Lines if self.stats.is_none() => {
                 let pct = if c.total_blocks == 0 {
                     100.0
                 } else {
@@ -241,12 +277,14 @@ impl Progress {
                 };
                 let eta = eta.map_or_else(|| "unknown".to_string(), fmt_duration);
                 eprintln!(
-                    "copying data block {} of {} ({pct:.0}% done, ETA {eta}): {what}{}",
+                    "{} copying data block {} of {} ({pct:.0}% done, ETA {eta}): {what}{}",
+                    utc_now(),
                     c.done_blocks,
                     c.total_blocks,
                     if ok { "" } else { " FAILED" }
                 );
             }
+            Mode::Lines => {}
             Mode::Json => {
                 let last = c.done_blocks == c.total_blocks;
                 if last || c.last_json.elapsed() >= Duration::from_secs(1) {
@@ -262,6 +300,65 @@ impl Progress {
                 }
             }
         }
+    }
+
+    /// One block failed: counted like [`Progress::block_done`], and printed at once
+    /// with its reason whatever the mode (a failure never waits for a summary).
+    pub fn block_failed(&self, what: &str, bytes: u64, reason: &str, detail: &str) {
+        tracing::debug!(block = what, reason, "{detail}");
+        if self.stats.is_some() || self.mode == Mode::Bar {
+            self.line(&format!("FAILED {what} {reason}: {detail}"));
+        } else if self.mode == Mode::Lines {
+            // The per-block line says FAILED; the reason follows on its own line.
+            eprintln!("{} FAILED {what} {reason}: {detail}", utc_now());
+        }
+        self.block_done(what, bytes, false);
+    }
+
+    /// The summary line `--stats` prints: blocks and bytes done, rate, failures, ETA.
+    pub fn stats_line(&self) -> String {
+        let c = self.copy.lock().expect("progress lock");
+        let pct = if c.total_bytes == 0 {
+            100.0
+        } else {
+            c.done_bytes as f64 * 100.0 / c.total_bytes as f64
+        };
+        let rate = c.rate.ewma.unwrap_or(0.0);
+        let eta = if rate > 0.0 {
+            fmt_duration(Duration::from_secs_f64(
+                c.total_bytes.saturating_sub(c.done_bytes) as f64 / rate,
+            ))
+        } else {
+            "unknown".into()
+        };
+        format!(
+            "stats: {}/{} blocks, {}/{} ({pct:.1}%), {}/s, {} failed, elapsed {}, ETA {eta}",
+            c.done_blocks,
+            c.total_blocks,
+            fmt_bytes(c.done_bytes),
+            fmt_bytes(c.total_bytes),
+            fmt_bytes(rate as u64),
+            c.failed,
+            fmt_duration(self.started.elapsed()),
+        )
+    }
+
+    /// With `--stats`, prints [`Progress::stats_line`] every interval until dropped
+    /// (the caller aborts the task at the end).
+    pub fn spawn_stats(self: &std::sync::Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let every = self.stats?;
+        if matches!(self.mode, Mode::Json | Mode::Quiet) {
+            return None;
+        }
+        let me = std::sync::Arc::clone(self);
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                me.line(&me.stats_line());
+            }
+        }))
     }
 
     /// Removes the bar (before the report is printed).
@@ -280,6 +377,14 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_795_786_321), "2026-11-27T13:32:01Z");
+        assert_eq!(utc(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
 
     #[test]
     fn formats() {

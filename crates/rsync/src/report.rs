@@ -12,15 +12,176 @@ use crate::cli::exit;
 use crate::plan::{PlanStats, Tally};
 use crate::progress::{fmt_bytes, fmt_duration};
 
+/// What went wrong with a block: decided once, from the error's type, and read by the
+/// report, the early stop and the failed list alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// Every source service said 404: the block was deleted (keep-balance trashed it)
+    /// since the source index was read. Not a failure of the copy: counted apart.
+    Vanished,
+    /// Every source copy that exists is damaged (a keepstore said so, or the data did
+    /// not hash to its name).
+    BadSourceCopy,
+    /// The source refused the token or the permission signature.
+    SourcePermission,
+    /// Reading failed for temporary reasons (5xx, timeouts, broken or refused
+    /// connections) after every retry.
+    SourceUnavailable,
+    /// Reading failed another way (a size that does not match, a protocol error).
+    SourceError,
+    /// The destination keepstores that could take the block answered "full".
+    DestinationFull,
+    /// The destination refused the token.
+    DestinationPermission,
+    /// Writing failed for temporary reasons after every retry.
+    DestinationUnavailable,
+    /// Writing failed another way.
+    DestinationError,
+    /// `--verify`: the destination does not list the block.
+    Missing,
+    /// `--verify`: the destination holds too few replicas, or not in every class.
+    UnderReplicated,
+    /// `--verify-data`: a destination copy failed its read or its MD5.
+    BadDestinationCopy,
+}
+
+impl FailureKind {
+    /// The short label of the report and the failed list.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::Vanished => "vanished from the source",
+            FailureKind::BadSourceCopy => "source: bad stored copy",
+            FailureKind::SourcePermission => "source: permission denied",
+            FailureKind::SourceUnavailable => "source: unavailable",
+            FailureKind::SourceError => "source: read failed",
+            FailureKind::DestinationFull => "destination: full",
+            FailureKind::DestinationPermission => "destination: permission denied",
+            FailureKind::DestinationUnavailable => "destination: unavailable",
+            FailureKind::DestinationError => "destination: write failed",
+            FailureKind::Missing => "missing",
+            FailureKind::UnderReplicated => "under-replicated",
+            FailureKind::BadDestinationCopy => "destination copy: bad",
+        }
+    }
+
+    /// The one-word name written in the failed list.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::Vanished => "vanished",
+            FailureKind::BadSourceCopy => "bad-source-copy",
+            FailureKind::SourcePermission => "source-permission",
+            FailureKind::SourceUnavailable => "source-unavailable",
+            FailureKind::SourceError => "source-error",
+            FailureKind::DestinationFull => "destination-full",
+            FailureKind::DestinationPermission => "destination-permission",
+            FailureKind::DestinationUnavailable => "destination-unavailable",
+            FailureKind::DestinationError => "destination-error",
+            FailureKind::Missing => "missing",
+            FailureKind::UnderReplicated => "under-replicated",
+            FailureKind::BadDestinationCopy => "bad-destination-copy",
+        }
+    }
+
+    /// Whether a later try could succeed by itself (the cause is not the block's, nor
+    /// the settings'): such failures say nothing about the run as a whole.
+    pub fn is_temporary(self) -> bool {
+        matches!(
+            self,
+            FailureKind::SourceUnavailable | FailureKind::DestinationUnavailable
+        )
+    }
+
+    /// Whether the cause lies with one block alone (a damaged or vanished copy), so
+    /// that many of them in a row still say nothing about the run.
+    pub fn is_per_block(self) -> bool {
+        matches!(self, FailureKind::Vanished | FailureKind::BadSourceCopy)
+    }
+
+    /// The kind of a failed source read.
+    pub fn of_read(e: &keep_client::Error) -> FailureKind {
+        use keep_client::Error as E;
+        match e {
+            E::NotFound { .. } => FailureKind::Vanished,
+            E::PermissionDenied { .. } => FailureKind::SourcePermission,
+            E::ChecksumMismatch { .. } => FailureKind::BadSourceCopy,
+            _ if e.reason() == "bad stored copy" => FailureKind::BadSourceCopy,
+            _ if e.is_retryable() => FailureKind::SourceUnavailable,
+            _ => FailureKind::SourceError,
+        }
+    }
+
+    /// The kind of a failed destination write.
+    pub fn of_write(e: &keep_client::Error) -> FailureKind {
+        use keep_client::Error as E;
+        match e {
+            E::PermissionDenied { .. } => FailureKind::DestinationPermission,
+            E::InsufficientReplicas { failures, .. } => {
+                if failures.iter().any(|f| f.reason == "permission denied") {
+                    FailureKind::DestinationPermission
+                } else if !failures.is_empty()
+                    && failures.iter().all(|f| f.reason == "storage full")
+                {
+                    FailureKind::DestinationFull
+                } else if e.is_retryable() {
+                    FailureKind::DestinationUnavailable
+                } else {
+                    FailureKind::DestinationError
+                }
+            }
+            _ if e.is_retryable() => FailureKind::DestinationUnavailable,
+            _ => FailureKind::DestinationError,
+        }
+    }
+}
+
 /// A block that could not be copied (or failed verification).
 #[derive(Debug, Clone, Serialize)]
 pub struct Failure {
     /// `hash+size`, never signed.
     pub locator: String,
-    /// Short category used for grouping (e.g. "not found", "checksum mismatch").
-    pub reason: String,
+    /// What went wrong.
+    pub kind: FailureKind,
     /// One-line detail (no secrets: built from unsigned locators and service names).
     pub detail: String,
+}
+
+/// `--failed-list`: one line per failure, appended and flushed as it happens, so that
+/// the file is the truth so far even if the run is killed. A line is the locator
+/// (unsigned), a space, and the failure's one-word kind (`vanished`,
+/// `bad-source-copy`, ...); `--from-list` reads the first word of each line.
+#[derive(Debug)]
+pub struct FailedList {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+impl FailedList {
+    /// Creates (or empties) `path`.
+    ///
+    /// # Errors
+    /// The file cannot be created.
+    pub fn create(path: &Path) -> anyhow::Result<FailedList> {
+        use anyhow::Context as _;
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot write the failed list {}", path.display()))?;
+        Ok(FailedList {
+            file,
+            path: path.to_owned(),
+        })
+    }
+
+    fn append(&mut self, f: &Failure) {
+        // One write per line on an unbuffered file: what was written is in the
+        // kernel's hands, whatever happens to this process next.
+        let line = format!("{} {}\n", f.locator, f.kind.name());
+        if let Err(e) = self.file.write_all(line.as_bytes()) {
+            tracing::error!(
+                "cannot append to the failed list {}: {e}",
+                self.path.display()
+            );
+        }
+    }
 }
 
 /// What the run did.
@@ -30,6 +191,9 @@ pub struct Report {
     pub mode: String,
     /// The prefix the run was limited to.
     pub prefix: String,
+    /// `--from-list`: the file whose locators were copied instead of the source's
+    /// indexes.
+    pub from_list: Option<String>,
     /// The plan's numbers (listed, present, to copy, per digit).
     pub plan: PlanStats,
     /// How destination replicas were counted.
@@ -42,10 +206,13 @@ pub struct Report {
     pub replicas_written: u64,
     /// Blocks whose copies went past a failed or full service to a later one in probe order.
     pub placed_past_first_choice: u64,
-    /// Blocks that failed.
+    /// Blocks that failed (vanished ones not included).
     pub failed: Tally,
-    /// Failed blocks by reason.
+    /// Failed blocks by kind.
     pub failed_by_reason: BTreeMap<String, u64>,
+    /// Blocks deleted from the source since its index was read (keep-balance trashes
+    /// blocks on a cluster in use): not copied, and not a failure.
+    pub vanished: Tally,
     /// With --verify-data: destination copies read back and checked.
     pub verified_copies: u64,
     /// With --verify-data: bytes of those copies.
@@ -64,15 +231,29 @@ pub struct Report {
     /// The failures themselves (first 1000 in the report; all in --failed-list).
     #[serde(skip)]
     pub failures: Vec<Failure>,
+    /// Where failures are appended as they happen (`--failed-list`).
+    #[serde(skip)]
+    pub failed_list: Option<FailedList>,
 }
 
 impl Report {
-    /// Records a failure.
+    /// Records a failure (or a vanished block), in the failed list too.
     pub fn fail(&mut self, f: Failure, size: u64) {
-        self.failed.blocks += 1;
-        self.failed.bytes += size;
-        *self.failed_by_reason.entry(f.reason.clone()).or_default() += 1;
-        self.failures.push(f);
+        if let Some(list) = &mut self.failed_list {
+            list.append(&f);
+        }
+        if f.kind == FailureKind::Vanished {
+            self.vanished.add(size);
+        } else {
+            self.failed.add(size);
+            *self
+                .failed_by_reason
+                .entry(f.kind.label().to_owned())
+                .or_default() += 1;
+        }
+        if self.failures.len() < 1000 {
+            self.failures.push(f);
+        }
     }
 
     /// Sets the timing figures: the rate is of the bytes copied, or read back by
@@ -90,6 +271,8 @@ impl Report {
             exit::INTERRUPTED
         } else if self.failed.blocks > 0 || !self.unreachable_services.is_empty() {
             exit::SOME_FAILED
+        } else if self.vanished.blocks > 0 {
+            exit::VANISHED
         } else {
             exit::OK
         }
@@ -169,19 +352,23 @@ impl Report {
                 self.verified_copies
             );
         }
+        if self.vanished.blocks > 0 {
+            let _ = writeln!(
+                s,
+                "  vanished:            {} (deleted from the source since its index; not copied)",
+                t(&self.vanished)
+            );
+        }
         let _ = writeln!(s, "  failed:              {}", t(&self.failed));
         for (reason, n) in &self.failed_by_reason {
             let _ = writeln!(s, "    {reason}: {n}");
         }
         for f in self.failures.iter().take(20) {
-            let _ = writeln!(s, "    {} {}: {}", f.locator, f.reason, f.detail);
+            let _ = writeln!(s, "    {} {}: {}", f.locator, f.kind.label(), f.detail);
         }
-        if self.failures.len() > 20 {
-            let _ = writeln!(
-                s,
-                "    ... and {} more (see --failed-list)",
-                self.failures.len() - 20
-            );
+        let listed = self.failed.blocks + self.vanished.blocks;
+        if listed > 20 {
+            let _ = writeln!(s, "    ... and {} more (see --failed-list)", listed - 20);
         }
         for u in &self.unreachable_services {
             let _ = writeln!(
@@ -210,29 +397,16 @@ impl Report {
         let mut v = serde_json::to_value(self).expect("report serialises");
         v["event"] = "report".into();
         v["exit_code"] = self.exit_code().into();
-        v["failures"] = serde_json::to_value(self.failures.iter().take(1000).collect::<Vec<_>>())
-            .expect("failures serialise");
+        v["failures"] = self
+            .failures
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "locator": f.locator, "kind": f.kind.name(), "reason": f.kind.label(),
+                    "detail": f.detail,
+                })
+            })
+            .collect();
         v
     }
-}
-
-/// Writes the failed locators, one per line, through a temporary file and a rename so
-/// that a crash never leaves half a list.
-///
-/// # Errors
-/// The I/O error, with the path.
-pub fn write_failed_list(path: &Path, failures: &[Failure]) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot write the failed list in {}", dir.display()))?;
-    for f in failures {
-        writeln!(tmp, "{}", f.locator)?;
-    }
-    tmp.persist(path)
-        .with_context(|| format!("cannot write the failed list {}", path.display()))?;
-    Ok(())
 }

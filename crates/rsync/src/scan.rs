@@ -91,6 +91,27 @@ impl Planner {
         }
     }
 
+    /// Source entries that come from elsewhere than an index (`--from-list`).
+    pub fn add_src<'a>(&self, locators: impl Iterator<Item = &'a keep_client::Locator>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        for l in locators {
+            batch.push(IndexEntry {
+                hash: l.hash(),
+                size: l.size().unwrap_or(0),
+                mtime_ns: 0,
+            });
+            if batch.len() == BATCH {
+                self.send(Msg::Src(std::mem::replace(
+                    &mut batch,
+                    Vec::with_capacity(BATCH),
+                )));
+            }
+        }
+        if !batch.is_empty() {
+            self.send(Msg::Src(batch));
+        }
+    }
+
     /// Ends the destination phase (see [`PlanBuilder::finish_dst`]).
     pub fn finish_dst(&self) {
         self.send(Msg::FinishDst);

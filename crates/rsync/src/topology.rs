@@ -153,6 +153,16 @@ impl Topology {
         Ok(t)
     }
 
+    /// The topology of a side whose indexes are not read (`--from-list` source).
+    pub fn unread() -> Topology {
+        Topology {
+            rule: Rule::PerService("not read".into()),
+            devices: Vec::new(),
+            class_names: Vec::new(),
+            unreachable: Vec::new(),
+        }
+    }
+
     /// Every service a device of one replica in every class.
     fn per_service(client: &KeepClient, rule: Rule) -> Topology {
         let devices = client
@@ -210,6 +220,29 @@ impl Topology {
             .filter(|d| d.writable && class.is_none_or(|c| d.classes & c != 0))
             .map(|d| u64::from(d.replication))
             .sum()
+    }
+
+    /// Replicas the writable devices can still take in every class of `classes` (all
+    /// classes when 0), leaving out devices reachable only through `full` services:
+    /// the smallest over the classes.
+    pub fn room_without(&self, full: &[usize], classes: ClassSet) -> u64 {
+        let open = |d: &Device| d.services.iter().any(|&s| !full.contains(&usize::from(s)));
+        let room = |class: Option<ClassSet>| -> u64 {
+            self.devices
+                .iter()
+                .filter(|d| d.writable && open(d) && class.is_none_or(|c| d.classes & c != 0))
+                .map(|d| u64::from(d.replication))
+                .sum()
+        };
+        if classes == 0 {
+            return room(None);
+        }
+        (0..64)
+            .map(|b| 1u64 << b)
+            .filter(|bit| classes & bit != 0)
+            .map(|bit| room(Some(bit)))
+            .min()
+            .unwrap_or(0)
     }
 
     /// For each service, the replicas one PUT is expected to store there, for a block

@@ -12,7 +12,7 @@ use crate::cluster::Cluster;
 use crate::limit::BufferRoom;
 use crate::plan::Plan;
 use crate::progress::Progress;
-use crate::report::{Failure, Report};
+use crate::report::{Failure, FailureKind, Report};
 use crate::topology::Topology;
 
 /// Settings of a verification.
@@ -39,9 +39,9 @@ pub async fn run(
 ) {
     let want = plan.want();
     for todo in plan.todo() {
-        let (reason, detail) = if plan.dst_holders(&todo).is_empty() {
+        let (kind, detail) = if plan.dst_holders(&todo).is_empty() {
             (
-                "missing".to_string(),
+                FailureKind::Missing,
                 "not listed by any destination service".to_string(),
             )
         } else {
@@ -57,14 +57,14 @@ pub async fn run(
                 lacking.join(", ")
             };
             (
-                "under-replicated".to_string(),
+                FailureKind::UnderReplicated,
                 format!("lacks {lacking} of the {} wanted", want.replicas),
             )
         };
         report.fail(
             Failure {
                 locator: todo.locator().to_string(),
-                reason,
+                kind,
                 detail,
             },
             todo.size(),
@@ -105,7 +105,7 @@ pub async fn run(
                             todo,
                             Failure {
                                 locator: todo.locator().to_string(),
-                                reason: format!("destination copy: {}", e.reason()),
+                                kind: FailureKind::BadDestinationCopy,
                                 detail,
                             },
                         ))
@@ -119,7 +119,12 @@ pub async fn run(
     while let Some(r) = checks.next().await {
         progress_count += 1;
         if let Some((todo, f)) = r {
-            progress.note(&format!("verify: {} {}: {}", f.locator, f.reason, f.detail));
+            progress.note(&format!(
+                "verify: {} {}: {}",
+                f.locator,
+                f.kind.label(),
+                f.detail
+            ));
             report.fail(f, todo.size());
         } else if progress_count % 1000 == 0 {
             progress.note(&format!("verified {progress_count} destination copies"));

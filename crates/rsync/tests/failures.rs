@@ -30,7 +30,7 @@ async fn failures_are_recorded_and_the_run_goes_on() {
     );
     assert_eq!(
         std::fs::read_to_string(&list).unwrap().trim(),
-        format!("{}+700", h.to_hex())
+        format!("{}+700 bad-source-copy", h.to_hex())
     );
     let held = p.dst_holdings().await;
     assert_eq!(held.len(), 10);
@@ -146,7 +146,11 @@ async fn replication_beyond_destination() {
     p.dst.stop_keepstore(1).await.unwrap();
     let r = p.rsync(&["-replications", "3", "--retries", "1"]).await;
     r.assert_code(1);
-    assert!(r.stdout.contains("insufficient replicas"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("destination: unavailable"),
+        "{}",
+        r.stdout
+    );
     assert!(
         r.stdout.contains("unreachable: destination"),
         "{}",

@@ -7,6 +7,7 @@ mod badinput;
 mod basics;
 mod bench_smoke;
 mod failures;
+mod longhaul;
 mod oldclusters;
 mod reliability;
 mod replicas;

@@ -195,6 +195,9 @@ async fn upstream_needs_no_api_server_when_flags_give_the_values() {
     assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
 }
 
+/// Between versions. Block reads are signed for a random token made for the run
+/// (the SystemRootToken goes only with /index and /mounts, issue 14): that real 3.2.1
+/// and 2.7.4 keepstores serve them is what this checks too.
 async fn across(src_v: Version, dst_v: Version) {
     let up = Upstream::require();
     let dir = tempfile::tempdir().unwrap();

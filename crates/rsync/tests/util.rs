@@ -332,3 +332,39 @@ pub(crate) fn is_index_path(path: &str) -> bool {
 pub(crate) fn is_admin_path(path: &str) -> bool {
     is_index_path(path) || path == "/mounts"
 }
+
+/// Starts keep-rsync on `p` with `extra` arguments in the background; its output goes
+/// to files read by [`child_output`].
+pub(crate) fn spawn(p: &Pair, extra: &[&str]) -> tokio::process::Child {
+    let out = std::fs::File::create(p.dir.path().join("child.out")).unwrap();
+    let err = std::fs::File::create(p.dir.path().join("child.err")).unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_keep-rsync"))
+        .args(args(p, extra))
+        .env_remove("RUST_LOG")
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// What the last spawned child printed.
+pub(crate) fn child_output(p: &Pair) -> String {
+    let r = |f: &str| std::fs::read_to_string(p.dir.path().join(f)).unwrap_or_default();
+    format!(
+        "--- stdout\n{}\n--- stderr\n{}",
+        r("child.out"),
+        r("child.err")
+    )
+}
+
+/// Waits (at most 60 s) until `c`'s request log has a request matching `f`.
+pub(crate) async fn wait_for_request(
+    c: &TestCluster,
+    f: impl Fn(&keep_testcluster::RequestRecord) -> bool,
+) {
+    let t = std::time::Instant::now();
+    while count_requests(c, &f) == 0 && t.elapsed() < std::time::Duration::from_secs(60) {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}

@@ -31,6 +31,8 @@ pub struct FaultSpec {
     pub method: Option<String>,
     /// Cut indexes short: the final blank line (end-of-index marker) is left out.
     pub truncate_index: Option<bool>,
+    /// Cut the next N indexes short, then answer whole ones again.
+    pub truncate_index_next: Option<u64>,
     /// Add a malformed line ([`MALFORMED_INDEX_LINE`]) before the end-of-index line.
     pub malformed_index: Option<bool>,
     /// Flip a byte in every block body sent (the client's checksum must catch it).
@@ -38,6 +40,9 @@ pub struct FaultSpec {
     /// Send only the first half of every block body (Content-Length stays the full
     /// size), then close the connection.
     pub truncate_body: Option<bool>,
+    /// Send the first half of every block body, then nothing more, without closing
+    /// the connection: a stalled transfer.
+    pub stall_body: Option<bool>,
     /// Answer 503 (empty body) beyond this many concurrent requests (0 removes it).
     pub max_concurrent: Option<usize>,
     /// Stop the service (listener and connections closed).
@@ -66,9 +71,12 @@ pub(crate) struct Plan {
     pub(crate) bandwidth: Option<u64>,
     pub(crate) max_concurrent: Option<usize>,
     pub(crate) truncate_index: bool,
+    /// Indexes still to cut short (`truncate_index_next`).
+    pub(crate) truncate_index_next: u64,
     pub(crate) malformed_index: bool,
     pub(crate) corrupt: bool,
     pub(crate) truncate_body: bool,
+    pub(crate) stall_body: bool,
 }
 
 /// The line a keepstore with the `malformed_index` fault adds to its index: a hash
@@ -111,6 +119,16 @@ impl Faults {
 
     pub(crate) fn snapshot(&self) -> Plan {
         self.lock().plan.clone()
+    }
+
+    /// Whether this index is to be cut short (a standing fault, or one of the next N).
+    pub(crate) fn take_index_truncation(&self) -> bool {
+        let mut st = self.lock();
+        if st.plan.truncate_index_next > 0 {
+            st.plan.truncate_index_next -= 1;
+            return true;
+        }
+        st.plan.truncate_index
     }
 
     pub(crate) fn decide_status(&self, method: &http::Method) -> StatusDecision {
@@ -160,8 +178,14 @@ impl Faults {
         if let Some(t) = spec.truncate_index {
             st.plan.truncate_index = t;
         }
+        if let Some(n) = spec.truncate_index_next {
+            st.plan.truncate_index_next = n;
+        }
         if let Some(t) = spec.truncate_body {
             st.plan.truncate_body = t;
+        }
+        if let Some(t) = spec.stall_body {
+            st.plan.stall_body = t;
         }
         if let Some(m) = spec.malformed_index {
             st.plan.malformed_index = m;
@@ -269,6 +293,14 @@ impl FaultHandle {
         });
     }
 
+    /// Leaves the end-of-index blank line out of the next `n` index responses only.
+    pub fn truncate_next_indexes(&self, n: u64) {
+        self.must_apply(&FaultSpec {
+            truncate_index_next: Some(n),
+            ..Default::default()
+        });
+    }
+
     /// Adds [`MALFORMED_INDEX_LINE`] to index responses, before the end-of-index line.
     pub fn set_malformed_index(&self, on: bool) {
         self.must_apply(&FaultSpec {
@@ -289,6 +321,14 @@ impl FaultHandle {
     pub fn set_truncate_body(&self, on: bool) {
         self.must_apply(&FaultSpec {
             truncate_body: Some(on),
+            ..Default::default()
+        });
+    }
+
+    /// Sends half of each block body, then stalls (the connection stays open, silent).
+    pub fn set_stall_body(&self, on: bool) {
+        self.must_apply(&FaultSpec {
+            stall_body: Some(on),
             ..Default::default()
         });
     }

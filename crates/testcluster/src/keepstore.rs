@@ -376,6 +376,8 @@ impl Keepstore {
             empty()
         } else if plan.truncate_body {
             truncated_body(data.slice(..len / 2))
+        } else if plan.stall_body {
+            stalled_body(data.slice(..len / 2))
         } else if plan.corrupt {
             let mut v = data.to_vec();
             if let Some(b) = v.last_mut() {
@@ -688,7 +690,7 @@ impl Keepstore {
             vols,
             prefix,
             seconds,
-            faults.truncate_index,
+            self.faults.take_index_truncation(),
             faults.malformed_index,
         );
         let mut r = Response::new(body);
@@ -907,6 +909,14 @@ fn truncated_body(half: Bytes) -> Body {
         Err::<Frame<Bytes>, BoxError>("injected fault: body truncated".into())
     });
     http_body_util::StreamBody::new(first.chain(fail)).boxed_unsync()
+}
+
+/// Sends `half`, then nothing, without ending or failing: a stalled transfer.
+fn stalled_body(half: Bytes) -> Body {
+    use futures::StreamExt;
+    let first = futures::stream::iter([Ok::<_, BoxError>(Frame::data(half))]);
+    let never = futures::stream::pending::<Result<Frame<Bytes>, BoxError>>();
+    http_body_util::StreamBody::new(first.chain(never)).boxed_unsync()
 }
 
 pub(crate) fn cors(h: &mut http::HeaderMap, methods: &'static str) {

@@ -154,6 +154,9 @@ struct FaultArgs {
     /// Send half of each block body under the full Content-Length.
     #[arg(long)]
     truncate_body: bool,
+    /// Send half of each block body, then stall (connection left open).
+    #[arg(long)]
+    stall_body: bool,
     /// 0 removes the cap.
     #[arg(long)]
     max_concurrent: Option<usize>,
@@ -334,9 +337,11 @@ async fn fault(a: FaultArgs) -> anyhow::Result<()> {
         burst: a.burst,
         method: a.method,
         truncate_index: a.truncate_index.then_some(true),
+        truncate_index_next: None,
         malformed_index: a.malformed_index.then_some(true),
         corrupt: a.corrupt.then_some(true),
         truncate_body: a.truncate_body.then_some(true),
+        stall_body: a.stall_body.then_some(true),
         max_concurrent: a.max_concurrent,
         stop: a.stop,
         start: a.start,

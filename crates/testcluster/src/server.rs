@@ -265,6 +265,11 @@ impl Service {
             if !plan.latency.is_zero() {
                 tokio::time::sleep(plan.latency).await;
             }
+            // A slow link: the handler reads the upload at the limited rate.
+            let req = match plan.bandwidth {
+                Some(bps) => req.map(|b| Paced::wrap(b, bps)),
+                None => req,
+            };
             match faults.decide_status(&method) {
                 StatusDecision::Pass => (self.handler)(req).await,
                 StatusDecision::Fail(code) => {
@@ -276,28 +281,20 @@ impl Service {
             }
         };
         let req_bytes = resp.extensions().get::<RequestBytes>().map_or(0, |b| b.0);
-        if let (Some(bps), true) = (plan.bandwidth, req_bytes > 0) {
-            // Uploads are throttled by delaying the answer as if the body arrived at `bps`.
-            tokio::time::sleep(Duration::from_secs_f64(
-                req_bytes as f64 / bps.max(1) as f64,
-            ))
-            .await;
-        }
         let status = resp.status().as_u16();
         let record = RequestRecord::new(self.name.clone(), method.to_string(), path, status, token);
         let upload = method == http::Method::PUT || method == http::Method::POST;
         let log = self.logged.then(|| Arc::clone(&self.log));
-        let body = std::mem::replace(resp.body_mut(), empty());
+        let mut body = std::mem::replace(resp.body_mut(), empty());
+        if let Some(bps) = plan.bandwidth {
+            body = Paced::wrap(body, bps);
+        }
         *resp.body_mut() = LoggedBody {
             inner: body,
             sent: 0,
             fixed: upload.then_some(req_bytes),
             record: Some(record),
             log,
-            bandwidth: plan.bandwidth,
-            sleep: None,
-            rest: None,
-            ready: None,
         }
         .boxed_unsync();
         resp
@@ -311,19 +308,14 @@ impl Drop for InFlight {
     }
 }
 
-/// Counts the bytes sent, applies a bandwidth limit, and writes the log record when
-/// the body is finished or dropped.
+/// Counts the bytes sent, and writes the log record when the body is finished or
+/// dropped.
 struct LoggedBody {
     inner: Body,
     sent: u64,
     fixed: Option<u64>,
     record: Option<RequestRecord>,
     log: Option<Arc<RequestLog>>,
-    bandwidth: Option<u64>,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Throttled data not yet released, and the piece waiting for its slot.
-    rest: Option<Bytes>,
-    ready: Option<Bytes>,
 }
 
 impl LoggedBody {
@@ -343,8 +335,65 @@ impl HttpBody for LoggedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.sent += d.len() as u64;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                self.finish();
+                Poll::Ready(None)
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A body that moves at most `bps` bytes per second, in pieces of about 1/20 s: a
+/// slow link, in either direction (a request body paced this way is read slowly,
+/// so the client's upload really crawls, byte after byte).
+struct Paced {
+    inner: Body,
+    bps: u64,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Data not yet released, and the piece waiting for its slot.
+    rest: Option<Bytes>,
+    ready: Option<Bytes>,
+}
+
+impl Paced {
+    fn wrap(inner: Body, bps: u64) -> Body {
+        Paced {
+            inner,
+            bps: bps.max(1),
+            sleep: None,
+            rest: None,
+            ready: None,
+        }
+        .boxed_unsync()
+    }
+}
+
+impl HttpBody for Paced {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         loop {
-            // A throttled piece waits for its time slot before it is released.
+            // A piece waits for its time slot before it is released.
             if let Some(s) = self.sleep.as_mut() {
                 if s.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
@@ -354,35 +403,25 @@ impl HttpBody for LoggedBody {
                     return Poll::Ready(Some(Ok(Frame::data(piece))));
                 }
             }
-            if let (Some(bps), Some(mut rest)) = (self.bandwidth, self.rest.take()) {
-                // Pieces of about 1/20 s each keep the pace smooth.
-                let max = (bps / 20).max(1) as usize;
+            if let Some(mut rest) = self.rest.take() {
+                let max = (self.bps / 20).max(1) as usize;
                 let piece = rest.split_to(rest.len().min(max));
                 if !rest.is_empty() {
                     self.rest = Some(rest);
                 }
-                self.sent += piece.len() as u64;
-                let d = Duration::from_secs_f64(piece.len() as f64 / bps.max(1) as f64);
+                let d = Duration::from_secs_f64(piece.len() as f64 / self.bps as f64);
                 self.sleep = Some(Box::pin(tokio::time::sleep(d)));
                 self.ready = Some(piece);
                 continue;
             }
             return match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) if self.bandwidth.is_some() => {
+                    Ok(data) => {
                         self.rest = Some(data);
                         continue;
                     }
-                    Ok(data) => {
-                        self.sent += data.len() as u64;
-                        Poll::Ready(Some(Ok(Frame::data(data))))
-                    }
                     Err(frame) => Poll::Ready(Some(Ok(frame))),
                 },
-                Poll::Ready(None) => {
-                    self.finish();
-                    Poll::Ready(None)
-                }
                 other => other,
             };
         }

@@ -6,6 +6,7 @@ use super::{IndexStats, KeepClient, error_body, request_id};
 use crate::error::{Error, Result};
 use crate::index::{IndexEntry, IndexError, IndexParser};
 use crate::services::{KeepService, Mount, parse_mounts_json};
+use crate::stall::{Progress, watch};
 use crate::tls::transport_error;
 
 impl KeepClient {
@@ -75,7 +76,8 @@ impl KeepClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = async {
+            let progress = Progress::new();
+            let call = async {
                 let resp = self
                     .admin_request(&url, &reqid)
                     .send()
@@ -86,8 +88,9 @@ impl KeepClient {
                     .text()
                     .await
                     .map_err(|e| transport_error(&service.uuid, e, true))
-            }
-            .await;
+            };
+            let limit = self.options.stall_timeout;
+            let result = watch(call, &progress, limit, &service.uuid).await;
             match result {
                 Ok(text) => {
                     return parse_mounts_json(&text).map_err(|e| Error::Protocol {
@@ -119,17 +122,19 @@ impl KeepClient {
         let mut attempt = 0;
         loop {
             let mut delivered = 0u64;
-            let result = self
-                .list_once(
-                    service,
-                    url,
-                    prefix,
-                    what,
-                    &reqid,
-                    &mut delivered,
-                    &mut on_entry,
-                )
-                .await;
+            let progress = Progress::new();
+            let once = self.list_once(
+                service,
+                url,
+                prefix,
+                what,
+                &reqid,
+                &progress,
+                &mut delivered,
+                &mut on_entry,
+            );
+            let limit = self.options.stall_timeout;
+            let result = watch(once, &progress, limit, &service.uuid).await;
             attempt += 1;
             match result {
                 Ok(bytes) => {
@@ -183,12 +188,14 @@ impl KeepClient {
         prefix: &str,
         what: &str,
         reqid: &str,
+        progress: &Progress,
         delivered: &mut u64,
         on_entry: &mut (impl FnMut(IndexEntry) + Send),
     ) -> Result<u64> {
+        // No deadline: an S3-backed keepstore lists 10^8 blocks for hours; only a
+        // stall (no byte for the stall timeout) ends a listing that still moves.
         let resp = self
             .admin_request(url, reqid)
-            .timeout(self.options.index_timeout)
             .send()
             .await
             .map_err(|e| transport_error(&svc.uuid, e, false))?;
@@ -221,6 +228,7 @@ impl KeepClient {
             .await
             .map_err(|e| transport_error(&svc.uuid, e, true))?
         {
+            progress.touch();
             bytes += chunk.len() as u64;
             parser
                 .feed(&chunk, &mut |e| {

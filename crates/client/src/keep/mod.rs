@@ -24,6 +24,7 @@ use crate::retry::RetryConfig;
 use crate::services::{KeepService, from_keep_services_env};
 use crate::settings::ClusterSettings;
 use crate::signing::Token;
+use crate::stall::{Progress, watch};
 use crate::tls::{HttpSettings, http_client, transport_error};
 
 /// How a [`KeepClient`] (and a [`Controller`]) talks HTTP.
@@ -31,16 +32,13 @@ use crate::tls::{HttpSettings, http_client, transport_error};
 pub struct ClientOptions {
     /// TCP connect timeout. Default 5 s (Go uses 2 s to keepstores, 30 s to proxies, §8.8).
     pub connect_timeout: Duration,
-    /// Whole-request timeout, body included. Default 300 s: a 64 MiB block must fit
-    /// through a slow link (Go's 20 s to keepstores assumes a LAN, §8.8).
-    pub request_timeout: Duration,
-    /// Whole-request timeout for an index listing, which can be hundreds of MB
-    /// (keepstore exempts `/index` from its own request timeout, §5.6). Default 1 h;
-    /// `read_timeout` still catches a stalled listing.
-    pub index_timeout: Duration,
-    /// Longest wait for the next bytes of a response: detects stalled transfers long
-    /// before `request_timeout`. Default 60 s; `None` disables it.
-    pub read_timeout: Option<Duration>,
+    /// A Keep transfer (block read or write, index, mounts) fails when no byte has
+    /// moved for this long, in either direction; a slow but moving one is never cut,
+    /// and there is no whole-request deadline (a 64 MiB block on a slow WAN link, or
+    /// the index of an S3 bucket of 10^8 blocks, may take hours). Default 60 s.
+    pub stall_timeout: Duration,
+    /// Whole-request deadline of an API server call (small JSON documents). Default 60 s.
+    pub api_timeout: Duration,
     /// Retry passes and backoff.
     pub retry: RetryConfig,
     /// Storage classes to request on PUT (`X-Keep-Storage-Classes`). Default none: the
@@ -58,9 +56,8 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(300),
-            index_timeout: Duration::from_secs(3600),
-            read_timeout: Some(Duration::from_secs(60)),
+            stall_timeout: Duration::from_secs(60),
+            api_timeout: Duration::from_secs(60),
             retry: RetryConfig::default(),
             storage_classes: Vec::new(),
             insecure: false,
@@ -75,8 +72,7 @@ impl ClientOptions {
         HttpSettings {
             insecure: self.insecure,
             connect_timeout: self.connect_timeout,
-            request_timeout: self.request_timeout,
-            read_timeout: self.read_timeout,
+            user_timeout: Some(self.stall_timeout),
             pool_max_idle_per_host: self.pool_max_idle_per_host,
             user_agent: self.user_agent.clone(),
         }
@@ -109,6 +105,9 @@ pub struct PutResult {
     /// Replicas per storage class from `X-Keep-Storage-Classes-Confirmed` (empty when
     /// the services do not report classes).
     pub classes_confirmed: BTreeMap<String, usize>,
+    /// Uuids of the services that answered "full" (507, or 2.x's 503 `Full`) during
+    /// this write, though others stored it: a caller may stop sending them blocks.
+    pub full: Vec<String>,
 }
 
 /// Counts from one [`KeepClient::index`] call.
@@ -213,6 +212,12 @@ impl KeepClient {
             http,
             options,
         })
+    }
+
+    /// The same client, sending `token` with block reads and writes from now on.
+    pub fn with_token(mut self, token: Token) -> KeepClient {
+        self.token = token;
+        self
     }
 
     /// The same client, sending `admin` (the cluster's SystemRootToken) only with the
@@ -525,6 +530,25 @@ impl KeepClient {
         reqid: &str,
         kind: ReadKind,
     ) -> Result<Read> {
+        let progress = Progress::new();
+        let limit = self.options.stall_timeout;
+        watch(
+            self.read_watched(svc, locator, reqid, kind, &progress),
+            &progress,
+            limit,
+            &svc.uuid,
+        )
+        .await
+    }
+
+    async fn read_watched(
+        &self,
+        svc: &KeepService,
+        locator: &Locator,
+        reqid: &str,
+        kind: ReadKind,
+        progress: &Progress,
+    ) -> Result<Read> {
         let head = kind == ReadKind::Head;
         // Reads send the full locator, hints and signature included (§8.3).
         let url = format!("{}/{}", svc.url, locator.to_wire());
@@ -606,6 +630,7 @@ impl KeepClient {
                 (e, _) => e,
             }
         })? {
+            progress.touch();
             if buf.len() as u64 + chunk.len() as u64 > limit {
                 return Err(size_mismatch(format!("received more than {limit} bytes")));
             }

@@ -7,6 +7,7 @@
 //! source) share one set of rules.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -17,6 +18,7 @@ use super::{KeepClient, PutResult, error_body, request_id};
 use crate::error::{Error, Result, ServiceFailure};
 use crate::locator::{BlockHash, Locator, LocatorError, MAX_BLOCK_SIZE};
 use crate::services::KeepService;
+use crate::stall::{Progress, upload_body, watch};
 use crate::tls::transport_error;
 
 /// What a write must achieve and where it may go: the input of [`KeepClient::put_to`].
@@ -112,6 +114,8 @@ pub(crate) struct WriteState<'c> {
     locator: Option<Locator>,
     /// Last failure per service, in first-failure order.
     failures: Vec<ServiceFailure>,
+    /// Services that answered "full".
+    full: Vec<String>,
 }
 
 impl<'c> WriteState<'c> {
@@ -139,6 +143,7 @@ impl<'c> WriteState<'c> {
             stored_on: Vec::new(),
             locator: None,
             failures: Vec::new(),
+            full: Vec::new(),
         }
     }
 
@@ -235,6 +240,9 @@ impl<'c> WriteState<'c> {
                 if e.is_retryable() {
                     self.retry.push(i);
                 }
+                if e.reason() == "storage full" && !self.full.contains(uuid) {
+                    self.full.push(uuid.clone());
+                }
                 self.failures.retain(|x| &x.service != uuid);
                 self.failures.push(ServiceFailure::from_error(uuid, &e));
                 Ok(())
@@ -261,6 +269,7 @@ impl<'c> WriteState<'c> {
                 replicas: self.done,
                 stored_on: self.stored_on,
                 classes_confirmed: self.confirmed,
+                full: self.full,
             });
         }
         Err(Error::InsufficientReplicas {
@@ -381,12 +390,18 @@ impl KeepClient {
         if !classes.is_empty() {
             req = req.header("X-Keep-Storage-Classes", classes);
         }
-        let resp = req
-            .body(data)
-            .send()
-            .await
-            .map_err(|e| transport_error(&svc.uuid, e, false))?;
-        self.put_answer(svc, locator, resp).await
+        let progress = Progress::new();
+        let body = upload_body(data, Arc::clone(&progress));
+        let put = async {
+            let resp = req
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| transport_error(&svc.uuid, e, false))?;
+            progress.touch();
+            self.put_answer(svc, locator, resp).await
+        };
+        watch(put, &progress, self.options.stall_timeout, &svc.uuid).await
     }
 
     /// Reads a PUT answer into what it stored, or the error it means.

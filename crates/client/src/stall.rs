@@ -1,0 +1,192 @@
+//! Stall detection: a Keep transfer fails only when no byte has moved for a while,
+//! never because it is slow. A 64 MiB block through a 100 kB/s link takes eleven
+//! minutes and is fine; a connection on which nothing has arrived, or been taken,
+//! for a minute is not.
+//!
+//! Each request gets a [`Progress`] clock. Uploads touch it as the HTTP stack takes
+//! each piece of the body ([`upload_body`]); downloads as each piece of the response
+//! arrives. [`watch`] runs the request against the clock.
+//!
+//! What the kernel does with an upload's bytes once the HTTP stack has handed them
+//! over cannot be seen from here: a socket's send buffer holds megabytes, which drain
+//! at the link's pace after the last piece is taken. Two things cover that time. The
+//! kernel closes a connection whose sent data stays unacknowledged for the stall
+//! timeout (`TCP_USER_TIMEOUT`, set on every connection), so a dead peer or link is
+//! still caught. And the wait for the answer after the whole body was handed over is
+//! allowed [`AFTER_BODY`] more: a keepstore gives up on a request itself after its
+//! `API.RequestTimeout` (5 minutes by default, §5.3), so an answer later than that
+//! will not come.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+
+use crate::error::Error;
+
+/// Upload pieces: small enough that a slow link still shows progress well within any
+/// sensible stall timeout (256 KiB at 50 kB/s is 5 s), large enough to cost nothing.
+const PIECE: usize = 256 * 1024;
+
+/// The extra wait for an upload's answer once its whole body has been handed to the
+/// kernel (see the module docs).
+pub(crate) const AFTER_BODY: Duration = Duration::from_secs(300);
+
+/// When a transfer last moved.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    start: tokio::time::Instant,
+    last_ms: AtomicU64,
+    /// Set once an upload's whole body has been handed over.
+    body_sent: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    /// A clock that starts now.
+    pub(crate) fn new() -> Arc<Progress> {
+        Arc::new(Progress {
+            start: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+            body_sent: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Records that bytes moved.
+    pub(crate) fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// How long the transfer may stay idle: `limit`, and [`AFTER_BODY`] more once an
+    /// upload's body has been handed over.
+    fn allowed(&self, limit: Duration) -> Duration {
+        if self.body_sent.load(Ordering::Relaxed) {
+            limit + AFTER_BODY
+        } else {
+            limit
+        }
+    }
+
+    /// Time since bytes last moved.
+    fn idle(&self) -> Duration {
+        let now = self.start.elapsed();
+        now.saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Runs `fut` until it finishes, or until `progress` has been idle for `limit`; then
+/// the error names `service` and the limit.
+pub(crate) async fn watch<T>(
+    fut: impl Future<Output = Result<T, Error>>,
+    progress: &Progress,
+    limit: Duration,
+    service: &str,
+) -> Result<T, Error> {
+    tokio::pin!(fut);
+    loop {
+        let allowed = progress.allowed(limit);
+        let wait = allowed.saturating_sub(progress.idle());
+        if wait.is_zero() {
+            return Err(stalled(service, allowed));
+        }
+        tokio::select! {
+            biased;
+            out = &mut fut => return out,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// The error of a transfer on which nothing moved for `limit`: retryable, like any
+/// timeout.
+pub(crate) fn stalled(service: &str, limit: Duration) -> Error {
+    Error::Timeout {
+        service: service.to_owned(),
+        message: format!(
+            "stalled: no byte moved for {} s (stall timeout)",
+            limit.as_secs_f64()
+        ),
+    }
+}
+
+/// The body of an upload of `data`: its pieces, shared with `data` (no copy), each
+/// touching `progress` when the HTTP stack takes it.
+pub(crate) fn upload_body(data: Bytes, progress: Arc<Progress>) -> reqwest::Body {
+    reqwest::Body::wrap_stream(Pieces {
+        rest: data,
+        progress,
+    })
+}
+
+struct Pieces {
+    rest: Bytes,
+    progress: Arc<Progress>,
+}
+
+impl Stream for Pieces {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if self.rest.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.rest.len().min(PIECE);
+        let piece = self.rest.split_to(n);
+        // Taking this piece means the previous one was written.
+        self.progress.touch();
+        if self.rest.is_empty() {
+            self.progress.body_sent.store(true, Ordering::Relaxed);
+        }
+        std::task::Poll::Ready(Some(Ok(piece)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn moving_is_never_cut_and_stalling_is() {
+        let limit = Duration::from_secs(60);
+        // 5 minutes of work that moves every 30 s: finishes.
+        let p = Progress::new();
+        let work = async {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                p.touch();
+            }
+            Ok::<_, Error>(7)
+        };
+        assert_eq!(watch(work, &p, limit, "s").await.unwrap(), 7);
+
+        // Work that moves once, then nothing: cut 60 s after the last move.
+        let p = Progress::new();
+        let t = tokio::time::Instant::now();
+        let work = async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            p.touch();
+            std::future::pending::<()>().await;
+            Ok::<_, Error>(0)
+        };
+        let e = watch(work, &p, limit, "svc").await.unwrap_err();
+        assert!(e.is_retryable());
+        assert!(e.to_string().contains("stalled"), "{e}");
+        assert_eq!(t.elapsed(), Duration::from_secs(70));
+
+        // An upload whose body is all handed over waits AFTER_BODY more for its answer.
+        let p = Progress::new();
+        let t = tokio::time::Instant::now();
+        let body = upload_body(Bytes::from(vec![0u8; 10]), Arc::clone(&p));
+        drop(body); // (the stream itself is taken by the HTTP stack)
+        p.body_sent.store(true, Ordering::Relaxed);
+        let work = std::future::pending::<Result<(), Error>>();
+        let e = watch(work, &p, limit, "svc").await.unwrap_err();
+        assert_eq!(t.elapsed(), limit + AFTER_BODY, "{e}");
+    }
+}
