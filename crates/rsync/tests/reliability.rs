@@ -496,7 +496,8 @@ async fn destination_all_full() {
         "every destination keepstore full",
         "3 of 3 full; 40 blocks",
         &format!(
-            "stopped early when the first 5 failed alike ({listed} tried, in flight included, all listed); exit 2, one line; source untouched, nothing written"
+            "stopped as soon as the 3 keepstores had answered 507 ({} blocks tried, in flight included, all listed); exit 2, one line; source untouched, nothing written",
+            listed.lines().count()
         ),
     );
 }
