@@ -13,6 +13,25 @@ use crate::util::{
     wait_for_request,
 };
 
+/// Runs keep-rsync on `p` with `extra`, switches `fault` on once the destination has
+/// stored a first block, and waits (at most 60 s) for the run to stop by itself;
+/// returns its exit code and output.
+async fn fault_after_first_copy(
+    p: &Pair,
+    extra: &[&str],
+    fault: impl FnOnce(),
+) -> (Option<i32>, String) {
+    let mut child = spawn(p, extra);
+    wait_for_request(&p.dst, |r| r.method == "PUT" && r.status == 200).await;
+    fault();
+    let code = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("the run stops by itself")
+        .unwrap()
+        .code();
+    (code, child_output(p))
+}
+
 /// A 4 MiB block through a 50 kB/s link takes about 84 s: longer than any deadline the
 /// client had (60 s per PUT), and fine, because bytes keep moving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,17 +136,12 @@ async fn a_destination_that_fills_stops_the_run() {
     for i in 0..3 {
         ks(&p.dst, i).set_latency(Duration::from_millis(20));
     }
-    let mut child = spawn(&p, &["--concurrency", "8"]);
-    wait_for_request(&p.dst, |r| r.method == "PUT" && r.status == 200).await;
-    for i in 0..3 {
-        ks(&p.dst, i).fail_rate(1.0, 507, Some("PUT"));
-    }
-    let code = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .expect("the run stops by itself")
-        .unwrap()
-        .code();
-    let out = child_output(&p);
+    let (code, out) = fault_after_first_copy(&p, &["--concurrency", "8"], || {
+        for i in 0..3 {
+            ks(&p.dst, i).fail_rate(1.0, 507, Some("PUT"));
+        }
+    })
+    .await;
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("stopped: the destination is full"), "{out}");
     let refused = count_requests(&p.dst, |r| r.method == "PUT" && r.status == 507);
@@ -308,18 +322,13 @@ async fn a_systematic_failure_mid_run_stops_it() {
     for i in 0..3 {
         ks(&p.src, i).set_latency(Duration::from_millis(10));
     }
-    let mut child = spawn(&p, &["--concurrency", "4"]);
-    wait_for_request(&p.dst, |r| r.method == "PUT" && r.status == 200).await;
-    // Every read is now refused as if the signing key had been rotated.
-    for i in 0..3 {
-        ks(&p.src, i).fail_rate(1.0, 403, Some("GET"));
-    }
-    let code = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .expect("the run stops by itself")
-        .unwrap()
-        .code();
-    let out = child_output(&p);
+    // After the first copy every read is refused, as if the signing key had been rotated.
+    let (code, out) = fault_after_first_copy(&p, &["--concurrency", "4"], || {
+        for i in 0..3 {
+            ks(&p.src, i).fail_rate(1.0, 403, Some("GET"));
+        }
+    })
+    .await;
     assert_eq!(code, Some(2), "{out}");
     assert!(
         out.contains("blocks in a row failed the same way (source: permission denied)"),

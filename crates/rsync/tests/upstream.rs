@@ -30,6 +30,20 @@ pub(crate) async fn real(dir: &Path, name: &str, b: RealClusterBuilder, with_key
     Real { c, conf, json }
 }
 
+/// A source (`srcaa`) and a destination (`dstbb`) of three real keepstores each,
+/// both settings files with their signing keys.
+pub(crate) async fn real_pair(
+    up: &Upstream,
+    dir: &Path,
+    src_v: Version,
+    dst_v: Version,
+) -> (Real, Real) {
+    (
+        real(dir, "src", up.cluster(src_v).cluster_id("srcaa"), true).await,
+        real(dir, "dst", up.cluster(dst_v).cluster_id("dstbb"), true).await,
+    )
+}
+
 /// `-src ... -dst ...` with both KeepServiceLists and the values no discovery
 /// document can give (the Go tool needs the same).
 pub(crate) fn real_args(src: &Real, dst: &Real, replicas: u32, extra: &[&str]) -> Vec<String> {
@@ -96,20 +110,7 @@ fn go_first(c: &RealCluster, h: &BlockHash, n: usize) -> Vec<usize> {
 async fn upstream_real_to_real_rerun_sends_nothing_and_verifies() {
     let up = Upstream::require();
     let dir = tempfile::tempdir().unwrap();
-    let src = real(
-        dir.path(),
-        "src",
-        up.cluster(Version::V3_2_1).cluster_id("srcaa"),
-        true,
-    )
-    .await;
-    let dst = real(
-        dir.path(),
-        "dst",
-        up.cluster(Version::V3_2_1).cluster_id("dstbb"),
-        true,
-    )
-    .await;
+    let (src, dst) = real_pair(&up, dir.path(), Version::V3_2_1, Version::V3_2_1).await;
     let sizes = [12usize, 100, 4096, 65_536, 65_537, 1 << 20, 3 << 20];
     let blocks = seed(&src.c, "r2r", 40, &sizes);
     // Two already on the destination, one of them on one keepstore only.
@@ -165,20 +166,7 @@ async fn upstream_real_to_real_rerun_sends_nothing_and_verifies() {
 async fn upstream_needs_no_api_server_when_flags_give_the_values() {
     let up = Upstream::require();
     let dir = tempfile::tempdir().unwrap();
-    let src = real(
-        dir.path(),
-        "src",
-        up.cluster(Version::V3_2_1).cluster_id("srcaa"),
-        true,
-    )
-    .await;
-    let dst = real(
-        dir.path(),
-        "dst",
-        up.cluster(Version::V3_2_1).cluster_id("dstbb"),
-        true,
-    )
-    .await;
+    let (src, dst) = real_pair(&up, dir.path(), Version::V3_2_1, Version::V3_2_1).await;
     let blocks = seed(&src.c, "noapi", 5, &[10, 1000]);
     let r = run(&real_args(&src, &dst, 2, &["-v"])).await;
     r.assert_code(0);
@@ -201,20 +189,7 @@ async fn upstream_needs_no_api_server_when_flags_give_the_values() {
 async fn across(src_v: Version, dst_v: Version) {
     let up = Upstream::require();
     let dir = tempfile::tempdir().unwrap();
-    let src = real(
-        dir.path(),
-        "src",
-        up.cluster(src_v).cluster_id("srcaa"),
-        true,
-    )
-    .await;
-    let dst = real(
-        dir.path(),
-        "dst",
-        up.cluster(dst_v).cluster_id("dstbb"),
-        true,
-    )
-    .await;
+    let (src, dst) = real_pair(&up, dir.path(), src_v, dst_v).await;
     let mut blocks = seed(&src.c, "x", 20, &[12, 100, 70_000, 1 << 20]);
     // The empty block too (a 2.x keepstore wants `Content-Length: 0` on its PUT).
     src.c.write_on_volume(0, b"", None).unwrap();
@@ -318,20 +293,7 @@ async fn upstream_testcluster_to_real_and_back() {
 async fn upstream_corrupt_source_replicas() {
     let up = Upstream::require();
     let dir = tempfile::tempdir().unwrap();
-    let src = real(
-        dir.path(),
-        "src",
-        up.cluster(Version::V3_2_1).cluster_id("srcaa"),
-        true,
-    )
-    .await;
-    let dst = real(
-        dir.path(),
-        "dst",
-        up.cluster(Version::V3_2_1).cluster_id("dstbb"),
-        true,
-    )
-    .await;
+    let (src, dst) = real_pair(&up, dir.path(), Version::V3_2_1, Version::V3_2_1).await;
     let small = block("corrupt", 0, 1000);
     let large = block("corrupt", 1, 300_000);
     let hopeless = block("corrupt", 2, 2000);

@@ -129,6 +129,35 @@ async fn volume_blocks(v: &Volume) -> Vec<(BlockHash, u64)> {
     out
 }
 
+/// `dir` (created if needed), or a new temporary directory that lives as long as
+/// the returned guard.
+pub(crate) fn dir_or_temp(
+    dir: Option<&Path>,
+) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            Ok((d.to_owned(), None))
+        }
+        None => {
+            let t = tempfile::tempdir()?;
+            Ok((t.path().to_owned(), Some(t)))
+        }
+    }
+}
+
+/// A cluster ID is 5 lowercase alphanumerics.
+pub(crate) fn check_cluster_id(id: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        id.len() == 5
+            && id
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
+        "cluster id must be 5 lowercase alphanumerics"
+    );
+    Ok(())
+}
+
 /// The default `BlobSigningTTL`: 336h (§3.1).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(1_209_600);
 
@@ -231,28 +260,13 @@ impl TestCluster {
     }
 
     async fn start(b: Builder) -> anyhow::Result<TestCluster> {
-        anyhow::ensure!(
-            b.cluster_id.len() == 5
-                && b.cluster_id
-                    .bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
-            "cluster id must be 5 lowercase alphanumerics"
-        );
+        check_cluster_id(&b.cluster_id)?;
         anyhow::ensure!(b.keepstores >= 1, "need at least one keepstore");
         anyhow::ensure!(
             matches!(b.arvados_version, 2 | 3),
             "arvados_version must be 2 or 3"
         );
-        let (dir, tmp) = match &b.dir {
-            Some(d) => {
-                std::fs::create_dir_all(d)?;
-                (d.clone(), None)
-            }
-            None => {
-                let t = tempfile::tempdir()?;
-                (t.path().to_owned(), Some(t))
-            }
-        };
+        let (dir, tmp) = dir_or_temp(b.dir.as_deref())?;
         let memory = b.memory || b.dir.is_none();
         let id = b.cluster_id.clone();
         let fault_seed = b.fault_seed.unwrap_or_else(rand::random);

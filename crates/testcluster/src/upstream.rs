@@ -331,14 +331,7 @@ impl RealClusterBuilder {
     /// Bad settings, or a keepstore that does not come up (its log is quoted).
     pub async fn start(self) -> anyhow::Result<RealCluster> {
         anyhow::ensure!(self.keepstores >= 1, "need at least one keepstore");
-        anyhow::ensure!(
-            self.cluster_id.len() == 5
-                && self
-                    .cluster_id
-                    .bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
-            "cluster id must be 5 lowercase alphanumerics"
-        );
+        crate::check_cluster_id(&self.cluster_id)?;
         let volumes = self
             .volumes
             .clone()
@@ -352,16 +345,7 @@ impl RealClusterBuilder {
         if let UuidStyle::Given(u) = &self.uuids {
             anyhow::ensure!(u.len() == self.keepstores, "one UUID per keepstore");
         }
-        let (dir, tmp) = match &self.dir {
-            Some(d) => {
-                std::fs::create_dir_all(d)?;
-                (d.clone(), None)
-            }
-            None => {
-                let t = tempfile::tempdir()?;
-                (t.path().to_owned(), Some(t))
-            }
-        };
+        let (dir, tmp) = crate::dir_or_temp(self.dir.as_deref())?;
         // A port can be taken between choosing it and the keepstore binding it; then
         // start again with new ports.
         let mut last_err = None;
