@@ -68,7 +68,9 @@ pub mod tls;
 pub use controller::{ClusterConfig, Controller, Discovery};
 pub use error::{Error, Result, ServiceFailure};
 pub use index::{IndexEntry, IndexError, IndexParser};
-pub use keep::{ClientOptions, ClusterInfo, IndexStats, KeepClient, PutResult, WriteTarget};
+pub use keep::{
+    ClientOptions, ClusterInfo, CopyError, IndexStats, KeepClient, PutResult, WriteTarget,
+};
 pub use locator::{BlockHash, Locator, LocatorError, MAX_BLOCK_SIZE};
 pub use retry::{Backoff, BackoffConfig, RetryConfig};
 pub use services::{KeepService, Mount, ServiceType};

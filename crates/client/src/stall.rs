@@ -112,6 +112,31 @@ pub(crate) fn stalled(service: &str, limit: Duration) -> Error {
     }
 }
 
+/// The body of an upload fed by `rx` (a relay): each piece touches `progress` when
+/// the HTTP stack takes it; an `Err` piece aborts the upload (the source broke), so
+/// that the server never stores a partial block.
+pub(crate) fn channel_body(
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    progress: Arc<Progress>,
+) -> reqwest::Body {
+    let stream = futures::stream::unfold((rx, progress), |(mut rx, progress)| async move {
+        let Some(item) = rx.recv().await else {
+            progress.body_done();
+            return None;
+        };
+        progress.touch();
+        Some((item, (rx, progress)))
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+impl Progress {
+    /// Records that an upload's whole body has been handed over (see [`AFTER_BODY`]).
+    pub(crate) fn body_done(&self) {
+        self.body_sent.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The body of an upload of `data`: its pieces, shared with `data` (no copy), each
 /// touching `progress` when the HTTP stack takes it.
 pub(crate) fn upload_body(data: Bytes, progress: Arc<Progress>) -> reqwest::Body {

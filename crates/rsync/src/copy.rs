@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use futures::StreamExt as _;
-use keep_client::WriteTarget;
+use keep_client::{CopyError, WriteTarget};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
@@ -16,6 +16,15 @@ use crate::plan::{Plan, Todo};
 use crate::progress::Progress;
 use crate::report::{Failure, FailureKind, Report};
 use crate::topology::Topology;
+
+/// Blocks larger than this are relayed from the source to the destination uploads as
+/// they arrive, never held whole: memory no longer grows with block size × blocks in
+/// flight. Smaller ones are read whole first, which lets a failed upload be retried on
+/// the next service without reading the source again.
+const STREAM_ABOVE: u64 = 4 << 20;
+/// What a relayed copy is counted for against `--max-buffer-memory`: a few pieces of
+/// the source body per upload.
+const RELAY_ROOM: u64 = 2 << 20;
 
 /// How many failures before any success, all of one kind that says something about
 /// the run (a wrong key, a refused token), stop it.
@@ -191,8 +200,11 @@ async fn copy_one(
     exclude.extend(opts.skip_dst.iter().copied());
     exclude.extend(shared.full.lock().expect("full lock").iter().copied());
     let target = target(dst, plan, &todo, shared, &exclude);
-    // Held until the block is written (or given up): the read buffer lives that long.
-    let _room = shared.room.reserve(todo.size()).await;
+    let streamed = todo.size() > STREAM_ABOVE;
+    // Held until the block is written (or given up): what the copy holds in memory,
+    // the block (buffered) or the relay's pieces (streamed).
+    let room = if streamed { RELAY_ROOM } else { todo.size() };
+    let mut held = Some(shared.room.reserve(room).await);
     if let Some(l) = &opts.limiter {
         l.acquire(todo.size()).await;
     }
@@ -200,12 +212,27 @@ async fn copy_one(
     // it (§5), so the read skips our own MD5 pass (half of a copy's CPU,
     // BENCHMARKS.md); a rejection below re-reads with the check.
     let read_loc = src.signed_for_read(&loc);
-    let data = match src.client.get_unchecked(&read_loc).await {
-        Ok(d) => d,
-        Err(e) => return fail(FailureKind::of_read(&e), &e),
+    let mut written = if streamed {
+        // Relayed from the source to every upload at once, never held whole.
+        match src.client.copy_to(&read_loc, &dst.client, &target).await {
+            Ok(r) => Ok(r),
+            Err(CopyError::Read(e)) => return fail(FailureKind::of_read(&e), &e),
+            Err(CopyError::Write(e)) => Err(e),
+        }
+    } else {
+        match src.client.get_unchecked(&read_loc).await {
+            Ok(d) => dst.client.put_to(d, &target).await,
+            Err(e) => return fail(FailureKind::of_read(&e), &e),
+        }
     };
-    let mut written = dst.client.put_to(data, &target).await;
     if let Err(keep_client::Error::ContentRejected { .. }) = &written {
+        // (Rare: a bad replica its keepstore did not notice. The checked read holds
+        // the whole block, within the budget; the relay's share is given back first,
+        // or a budget of one block could never be met.)
+        if streamed {
+            drop(held.take());
+            held.replace(shared.room.reserve(todo.size()).await);
+        }
         // The bytes do not match the hash: a source replica is bad (and its keepstore
         // did not notice). Read again with our own check, which fails over to a good
         // replica, or reports the checksum failure.

@@ -12,7 +12,7 @@ use keep_testcluster::MALFORMED_INDEX_LINE;
 use crate::util::{
     Pair, Rng, args, assert_all_copied, assert_no_block_sent_twice, assert_tokens_isolated, block,
     block_puts, builder, child_output, count_requests, figure, full, holdings, is_admin_path,
-    is_index_path, ks, probe, seed, spawn,
+    is_index_path, ks, probe, seed, spawn, watch_peak_rss,
 };
 
 /// Waits until the destination logged `n` successful block writes (or `limit` passed).
@@ -360,6 +360,39 @@ async fn corrupt_source_replicas() {
     );
 }
 
+/// A big (relayed) block whose first source replica sends bad bytes under 200 (its
+/// keepstore does not notice): the destination rejects the relay, the block is read
+/// again with our own check from the good replica, and copied, even when
+/// `--max-buffer-memory` is one block (the relay's share is given back first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_block_rejected_by_the_destination_is_read_again_checked() {
+    const SIZE: usize = 8 << 20;
+    let p = Pair::new().await;
+    let d = block("rej", 0, SIZE);
+    p.src.put_block(&d, 2).await.unwrap();
+    let h = BlockHash::of(&d);
+    let first = probe(&p.src, &h)[0];
+    ks(&p.src, first).set_corrupt_reads(true);
+    let budget = SIZE.to_string();
+    let r = tokio::time::timeout(
+        Duration::from_secs(120),
+        p.rsync(&["--max-buffer-memory", &budget, "--retries", "1"]),
+    )
+    .await
+    .expect("no deadlock on the memory budget");
+    r.assert_code(0);
+    assert_eq!(p.dst_holdings().await[&h].len(), 2);
+    let rejected = count_requests(&p.dst, |r| {
+        r.method == "PUT" && r.path.contains(&h.to_hex()) && r.status == 400
+    });
+    assert!(rejected > 0, "the corrupt relay was never rejected");
+    figure(
+        "relayed block with a silently corrupt source replica",
+        "one 8 MiB block, first replica flips a byte, --max-buffer-memory = 8 MiB",
+        &format!("{rejected} uploads rejected (400 content hash mismatch), then copied checked at 2 replicas, exit 0"),
+    );
+}
+
 /// Where `hash` should land: the first `n` services of its probe order, skipping `skip`.
 fn expected_places(
     c: &keep_testcluster::TestCluster,
@@ -637,23 +670,8 @@ async fn load_many_small_blocks() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let pid = child.id().unwrap();
+    let watch = watch_peak_rss(&child);
     let t = Instant::now();
-    let watch = tokio::spawn(async move {
-        let mut peak_kb = 0u64;
-        while let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            if let Some(kb) = s
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                peak_kb = peak_kb.max(kb);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        peak_kb
-    });
     let out = child.wait_with_output().await.unwrap();
     let secs = t.elapsed().as_secs_f64();
     let peak_kb = watch.await.unwrap();
@@ -681,6 +699,45 @@ async fn load_many_small_blocks() {
             "all copied at 2 replicas, exit 0, {secs:.0} s, peak RSS {} MB (bound {} MB)",
             peak_kb / 1024,
             bound_kb / 1024
+        ),
+    );
+}
+
+/// Blocks far larger than the relay's pieces, 6 at a time: each is relayed from the
+/// source to both destination uploads as it arrives, so the tool's peak memory stays
+/// well under one block per copy in flight (buffered, these copies alone would hold
+/// 6 × 32 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_blocks_are_relayed_in_bounded_memory() {
+    const SIZE: usize = 32 << 20;
+    const N: usize = 6;
+    let p = Pair::new().await;
+    for i in 0..N {
+        p.src.put_block(&block("big", i, SIZE), 1).await.unwrap();
+    }
+    let mut child = spawn(&p, &["-q", "--concurrency", "6"]);
+    let watch = watch_peak_rss(&child);
+    let t = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(300), child.wait())
+        .await
+        .expect("finished within 300 s")
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let peak_kb = watch.await.unwrap();
+    assert_eq!(status.code(), Some(0), "{}", child_output(&p));
+    assert_all_copied(&p, 2).await;
+    assert_no_block_sent_twice(&p.dst);
+    // Buffered, the copies in flight alone would hold N × 32 MiB = 192 MiB.
+    let bound_kb = 96 * 1024;
+    assert!(peak_kb > 0 && peak_kb <= bound_kb, "peak RSS {peak_kb} kB");
+    figure(
+        "big blocks relayed, not buffered",
+        &format!("{N} blocks of 32 MiB at concurrency 6, 2 destination replicas"),
+        &format!(
+            "all copied, exit 0, {secs:.1} s, peak RSS {} MB (bound {} MB; buffered copies alone: {} MB)",
+            peak_kb / 1024,
+            bound_kb / 1024,
+            N * SIZE / (1 << 20)
         ),
     );
 }

@@ -368,3 +368,24 @@ pub(crate) async fn wait_for_request(
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
 }
+
+/// Samples `child`'s peak resident memory (`VmHWM`, kB) every 20 ms until it exits;
+/// the task's result is the largest value seen.
+pub(crate) fn watch_peak_rss(child: &tokio::process::Child) -> tokio::task::JoinHandle<u64> {
+    let pid = child.id().expect("a running child");
+    tokio::spawn(async move {
+        let mut peak_kb = 0u64;
+        while let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(kb) = s
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                peak_kb = peak_kb.max(kb);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        peak_kb
+    })
+}

@@ -4,8 +4,10 @@
 
 mod listing;
 mod put;
+mod relay;
 
 pub use put::WriteTarget;
+pub use relay::CopyError;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -184,6 +186,63 @@ fn is_permission_answer(status: u16, body: &str) -> bool {
             b.contains("signature") || b.contains("forbidden") || b.contains("token")
         }
         _ => false,
+    }
+}
+
+/// The error of a read that every service in `order` failed, from each one's last
+/// error (`None`: not tried): all 404 is [`Error::NotFound`]; only 404s and refused
+/// signatures is [`Error::PermissionDenied`]; one service alone gives its own error;
+/// anything else [`Error::ReadFailed`] with each service's failure.
+pub(crate) fn read_error(
+    locator: &Locator,
+    order: &[&KeepService],
+    last: Vec<Option<Error>>,
+) -> Error {
+    let errors: Vec<(&KeepService, Error)> = order
+        .iter()
+        .zip(last)
+        .filter_map(|(s, e)| e.map(|e| (*s, e)))
+        .collect();
+    let failures: Vec<ServiceFailure> = errors
+        .iter()
+        .map(|(s, e)| ServiceFailure::from_error(&s.uuid, e))
+        .collect();
+    let is_404 = |f: &ServiceFailure| f.status == Some(404);
+    let is_perm = |f: &ServiceFailure| f.reason == "permission denied";
+    if failures.iter().all(is_404) {
+        return Error::NotFound {
+            locator: locator.unsigned(),
+            failures,
+        };
+    }
+    if failures.iter().all(|f| is_404(f) || is_perm(f)) {
+        let perm: Vec<String> = failures
+            .iter()
+            .filter(|f| is_perm(f))
+            .map(|f| f.message.clone())
+            .collect();
+        return Error::PermissionDenied {
+            target: failures
+                .iter()
+                .filter(|f| is_perm(f))
+                .map(|f| f.service.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+            message: format!(
+                "reading {locator}: {} (is the locator signed for this token, with the right key and TTL, and unexpired?)",
+                perm.join("; ")
+            ),
+        };
+    }
+    if errors.len() == 1 {
+        // One service (get_from): its own error says the most.
+        if let Some((_, e)) = errors.into_iter().next() {
+            return e;
+        }
+    }
+    Error::ReadFailed {
+        locator: locator.unsigned(),
+        failures,
     }
 }
 
@@ -475,81 +534,18 @@ impl KeepClient {
             }
             to_try = retry;
         }
-        let errors: Vec<(&KeepService, Error)> = order
-            .iter()
-            .zip(last)
-            .filter_map(|(s, e)| e.map(|e| (*s, e)))
-            .collect();
-        let failures: Vec<ServiceFailure> = errors
-            .iter()
-            .map(|(s, e)| ServiceFailure::from_error(&s.uuid, e))
-            .collect();
-        let is_404 = |f: &ServiceFailure| f.status == Some(404);
-        let is_perm = |f: &ServiceFailure| f.reason == "permission denied";
-        if failures.iter().all(is_404) {
-            return Err(Error::NotFound {
-                locator: locator.unsigned(),
-                failures,
-            });
-        }
-        if failures.iter().all(|f| is_404(f) || is_perm(f)) {
-            let perm: Vec<String> = failures
-                .iter()
-                .filter(|f| is_perm(f))
-                .map(|f| f.message.clone())
-                .collect();
-            return Err(Error::PermissionDenied {
-                target: failures
-                    .iter()
-                    .filter(|f| is_perm(f))
-                    .map(|f| f.service.clone())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                message: format!(
-                    "reading {locator}: {} (is the locator signed for this token, with the right key and TTL, and unexpired?)",
-                    perm.join("; ")
-                ),
-            });
-        }
-        if errors.len() == 1 {
-            // One service (get_from): its own error says the most.
-            if let Some((_, e)) = errors.into_iter().next() {
-                return Err(e);
-            }
-        }
-        Err(Error::ReadFailed {
-            locator: locator.unsigned(),
-            failures,
-        })
+        Err(read_error(locator, &order, last))
     }
 
-    async fn read_once(
+    /// Sends one GET (or HEAD) of `locator` to `svc` and checks the answer's status and
+    /// `Content-Length` against the size hint; the body is the caller's to read.
+    pub(crate) async fn open_once(
         &self,
         svc: &KeepService,
         locator: &Locator,
         reqid: &str,
-        kind: ReadKind,
-    ) -> Result<Read> {
-        let progress = Progress::new();
-        let limit = self.options.stall_timeout;
-        watch(
-            self.read_watched(svc, locator, reqid, kind, &progress),
-            &progress,
-            limit,
-            &svc.uuid,
-        )
-        .await
-    }
-
-    async fn read_watched(
-        &self,
-        svc: &KeepService,
-        locator: &Locator,
-        reqid: &str,
-        kind: ReadKind,
-        progress: &Progress,
-    ) -> Result<Read> {
-        let head = kind == ReadKind::Head;
+        head: bool,
+    ) -> Result<(reqwest::Response, Option<u64>)> {
         // Reads send the full locator, hints and signature included (§8.3).
         let url = format!("{}/{}", svc.url, locator.to_wire());
         let method = if head {
@@ -557,7 +553,7 @@ impl KeepClient {
         } else {
             reqwest::Method::GET
         };
-        let mut resp = self
+        let resp = self
             .request(method, &url, reqid)
             .send()
             .await
@@ -591,6 +587,47 @@ impl KeepClient {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        if let (Some(want), Some(cl)) = (locator.size(), content_length) {
+            if want != cl {
+                return Err(Error::SizeMismatch {
+                    locator: locator.unsigned(),
+                    service: svc.uuid.clone(),
+                    expected: want,
+                    got: format!("Content-Length is {cl}"),
+                });
+            }
+        }
+        Ok((resp, content_length))
+    }
+
+    async fn read_once(
+        &self,
+        svc: &KeepService,
+        locator: &Locator,
+        reqid: &str,
+        kind: ReadKind,
+    ) -> Result<Read> {
+        let progress = Progress::new();
+        let limit = self.options.stall_timeout;
+        watch(
+            self.read_watched(svc, locator, reqid, kind, &progress),
+            &progress,
+            limit,
+            &svc.uuid,
+        )
+        .await
+    }
+
+    async fn read_watched(
+        &self,
+        svc: &KeepService,
+        locator: &Locator,
+        reqid: &str,
+        kind: ReadKind,
+        progress: &Progress,
+    ) -> Result<Read> {
+        let head = kind == ReadKind::Head;
+        let (mut resp, content_length) = self.open_once(svc, locator, reqid, head).await?;
         let expected = locator.size();
         let size_mismatch = |got: String| Error::SizeMismatch {
             locator: locator.unsigned(),
@@ -598,11 +635,6 @@ impl KeepClient {
             expected: expected.unwrap_or(0),
             got,
         };
-        if let (Some(want), Some(cl)) = (expected, content_length) {
-            if want != cl {
-                return Err(size_mismatch(format!("Content-Length is {cl}")));
-            }
-        }
         if head {
             return content_length
                 .or(expected)
@@ -618,18 +650,11 @@ impl KeepClient {
         let mut buf = BytesMut::with_capacity(capacity);
         let mut md5 = (kind == ReadKind::Get).then(Md5::new);
         let announced = expected.or(content_length);
-        while let Some(chunk) = resp.chunk().await.map_err(|e| {
-            match (transport_error(&svc.uuid, e, true), announced) {
-                (Error::Transfer { message, .. }, Some(n)) => Error::CutShort {
-                    locator: locator.unsigned(),
-                    service: svc.uuid.clone(),
-                    received: buf.len() as u64,
-                    expected: n,
-                    message,
-                },
-                (e, _) => e,
-            }
-        })? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| body_error(svc, locator, e, buf.len() as u64, announced))?
+        {
             progress.touch();
             if buf.len() as u64 + chunk.len() as u64 > limit {
                 return Err(size_mismatch(format!("received more than {limit} bytes")));
@@ -656,6 +681,27 @@ impl KeepClient {
             });
         }
         Ok(Read::Data(buf.freeze()))
+    }
+}
+
+/// The error of a block body that broke after `received` bytes: cut short when its
+/// length was announced.
+pub(crate) fn body_error(
+    svc: &KeepService,
+    locator: &Locator,
+    e: reqwest::Error,
+    received: u64,
+    announced: Option<u64>,
+) -> Error {
+    match (transport_error(&svc.uuid, e, true), announced) {
+        (Error::Transfer { message, .. }, Some(n)) => Error::CutShort {
+            locator: locator.unsigned(),
+            service: svc.uuid.clone(),
+            received,
+            expected: n,
+            message,
+        },
+        (e, _) => e,
     }
 }
 

@@ -250,6 +250,14 @@ impl<'c> WriteState<'c> {
         }
     }
 
+    /// Puts service `i`, whose upload was abandoned through no fault of its own (the
+    /// source of a relay broke), back first in line, as if it had not been started.
+    pub(crate) fn requeue(&mut self, i: usize) {
+        self.in_flight = self.in_flight.saturating_sub(self.expected(i));
+        self.running.retain(|&r| r != i);
+        self.pending.insert(0, i);
+    }
+
     /// Ends a pass: the services that failed temporarily become the candidates of
     /// the next one. False when none did (no further pass can help).
     pub(crate) fn next_pass(&mut self) -> bool {
