@@ -389,7 +389,9 @@ async fn a_relayed_block_rejected_by_the_destination_is_read_again_checked() {
     figure(
         "relayed block with a silently corrupt source replica",
         "one 8 MiB block, first replica flips a byte, --max-buffer-memory = 8 MiB",
-        &format!("{rejected} uploads rejected (400 content hash mismatch), then copied checked at 2 replicas, exit 0"),
+        &format!(
+            "{rejected} uploads rejected (400 content hash mismatch), then copied checked at 2 replicas, exit 0"
+        ),
     );
 }
 

@@ -19,7 +19,8 @@ pub struct FaultSpec {
     pub clear: bool,
     /// Added latency before each request is handled, in milliseconds.
     pub latency_ms: Option<u64>,
-    /// Bandwidth limit in bytes per second (0 removes it).
+    /// Bandwidth limit of the service's link in bytes per second, each direction,
+    /// shared by all its requests (0 removes it).
     pub bandwidth: Option<u64>,
     /// The status to inject (500, 502, 503, 504, 507, 429, ...).
     pub status: Option<u16>,
@@ -95,10 +96,35 @@ pub(crate) enum StatusDecision {
     Fail(u16),
 }
 
+/// One direction of a service's link under a bandwidth limit. Every request shares
+/// it, as they would a real network link: ten uploads at once get a tenth of the rate
+/// each, not the rate each.
+#[derive(Debug, Default)]
+pub(crate) struct Link {
+    /// When the bytes booked so far are through.
+    busy_until: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Link {
+    /// Books `bytes` at `bps` after everything booked before; returns when they are
+    /// through.
+    pub(crate) fn book(&self, bytes: usize, bps: u64) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let mut busy = self.busy_until.lock().unwrap_or_else(|e| e.into_inner());
+        let start = busy.map_or(now, |b| b.max(now));
+        let end = start + Duration::from_secs_f64(bytes as f64 / bps.max(1) as f64);
+        *busy = Some(end);
+        end
+    }
+}
+
 /// The faults of one service.
 pub(crate) struct Faults {
     state: Mutex<State>,
     pub(crate) in_flight: AtomicUsize,
+    /// The service's link, for uploads (request bodies) and downloads (responses).
+    pub(crate) uplink: std::sync::Arc<Link>,
+    pub(crate) downlink: std::sync::Arc<Link>,
 }
 
 impl Faults {
@@ -110,6 +136,8 @@ impl Faults {
                 rng: StdRng::seed_from_u64(seed),
             }),
             in_flight: AtomicUsize::new(0),
+            uplink: Default::default(),
+            downlink: Default::default(),
         }
     }
 

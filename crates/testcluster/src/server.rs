@@ -267,7 +267,7 @@ impl Service {
             }
             // A slow link: the handler reads the upload at the limited rate.
             let req = match plan.bandwidth {
-                Some(bps) => req.map(|b| Paced::wrap(b, bps)),
+                Some(bps) => req.map(|b| Paced::wrap(b, bps, Arc::clone(&faults.uplink))),
                 None => req,
             };
             match faults.decide_status(&method) {
@@ -287,7 +287,7 @@ impl Service {
         let log = self.logged.then(|| Arc::clone(&self.log));
         let mut body = std::mem::replace(resp.body_mut(), empty());
         if let Some(bps) = plan.bandwidth {
-            body = Paced::wrap(body, bps);
+            body = Paced::wrap(body, bps, Arc::clone(&faults.downlink));
         }
         *resp.body_mut() = LoggedBody {
             inner: body,
@@ -359,12 +359,13 @@ impl HttpBody for LoggedBody {
     }
 }
 
-/// A body that moves at most `bps` bytes per second, in pieces of about 1/20 s: a
-/// slow link, in either direction (a request body paced this way is read slowly,
-/// so the client's upload really crawls, byte after byte).
+/// A body that moves through a `bps` link shared with the service's other requests,
+/// in pieces of about 1/20 s: a slow link, in either direction (a request body paced
+/// this way is read slowly, so the client's upload really crawls, byte after byte).
 struct Paced {
     inner: Body,
     bps: u64,
+    link: Arc<crate::faults::Link>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Data not yet released, and the piece waiting for its slot.
     rest: Option<Bytes>,
@@ -372,10 +373,11 @@ struct Paced {
 }
 
 impl Paced {
-    fn wrap(inner: Body, bps: u64) -> Body {
+    fn wrap(inner: Body, bps: u64, link: Arc<crate::faults::Link>) -> Body {
         Paced {
             inner,
             bps: bps.max(1),
+            link,
             sleep: None,
             rest: None,
             ready: None,
@@ -409,8 +411,8 @@ impl HttpBody for Paced {
                 if !rest.is_empty() {
                     self.rest = Some(rest);
                 }
-                let d = Duration::from_secs_f64(piece.len() as f64 / self.bps as f64);
-                self.sleep = Some(Box::pin(tokio::time::sleep(d)));
+                let through = self.link.book(piece.len(), self.bps);
+                self.sleep = Some(Box::pin(tokio::time::sleep_until(through)));
                 self.ready = Some(piece);
                 continue;
             }

@@ -144,6 +144,51 @@ async fn burst_rate_method_latency() {
     f.clear();
 }
 
+/// A bandwidth limit is the service's link: concurrent transfers share it, in each
+/// direction, as on a real network (per request, N uploads would get N times the rate).
+#[tokio::test]
+async fn bandwidth_is_shared_by_concurrent_requests() {
+    let c = TestCluster::builder()
+        .keepstores(1)
+        .blob_signing(false)
+        .start()
+        .await
+        .unwrap();
+    let url = c.keepstores()[0].url.clone();
+    let blocks: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 500]).collect();
+    let f = c.faults("keepstore0").unwrap();
+    f.set_bandwidth(Some(5_000));
+    // Four uploads of 500 bytes at once: 2,000 bytes through 5,000 B/s, about 0.4 s
+    // (0.1 s if each had the whole rate).
+    let t = Instant::now();
+    let puts = blocks.iter().map(|b| {
+        http()
+            .put(format!("{url}/{}", Locator::of(b).hash()))
+            .body(b.clone())
+            .send()
+    });
+    for r in futures::future::join_all(puts).await {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    let up = t.elapsed();
+    assert!(up >= Duration::from_millis(350), "uploads took {up:?}");
+    // The same four read back at once: the downlink is shared too.
+    let t = Instant::now();
+    let gets = blocks.iter().map(|b| {
+        let get = http().get(format!("{url}/{}", Locator::of(b))).send();
+        async move { get.await?.bytes().await }
+    });
+    for r in futures::future::join_all(gets).await {
+        assert_eq!(r.unwrap().len(), 500);
+    }
+    let down = t.elapsed();
+    assert!(
+        down >= Duration::from_millis(350),
+        "downloads took {down:?}"
+    );
+    assert!(down < Duration::from_secs(3), "downloads took {down:?}");
+}
+
 #[tokio::test]
 async fn max_concurrent_and_stop_start() {
     let c = TestCluster::builder()
