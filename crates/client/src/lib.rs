@@ -69,7 +69,7 @@ pub use controller::{ClusterConfig, Controller, Discovery};
 pub use error::{Error, Result, ServiceFailure};
 pub use index::{IndexEntry, IndexError, IndexParser};
 pub use keep::{
-    ClientOptions, ClusterInfo, CopyError, IndexStats, KeepClient, PutResult, WriteTarget,
+    ClientOptions, ClusterInfo, CopyError, IndexStats, KeepClient, PutResult, Traffic, WriteTarget,
 };
 pub use locator::{BlockHash, Locator, LocatorError, MAX_BLOCK_SIZE};
 pub use retry::{Backoff, BackoffConfig, RetryConfig};

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 
+use crate::tune::Concurrency;
+
 /// Exit codes, as documented in `--help` and the README.
 pub mod exit {
     /// Every block is on the destination (or, with `--verify`, verified).
@@ -122,12 +124,13 @@ pub struct Cli {
     #[arg(long, value_name = "CLASS,...", value_delimiter = ',')]
     pub storage_classes: Vec<String>,
 
-    /// Blocks copied at once. Reads of some blocks overlap writes of others. 32 was
-    /// the fastest on a LAN; across a WAN try 64 to 128 (with 20 ms per request, 64
-    /// was 1.8x faster; BENCHMARKS.md). Memory is bounded separately, by
-    /// --max-buffer-memory.
-    #[arg(long, value_name = "N", default_value_t = 32)]
-    pub concurrency: usize,
+    /// Blocks copied at once: auto, or a fixed number (1 to 1024). auto starts at 64
+    /// and follows the throughput it measures, up to 256: higher across a WAN, lower
+    /// on a busy LAN; a keep service that answers 503 (its request limit) gets fewer
+    /// at once, and none holds more than twice its share. Memory is bounded
+    /// separately, by --max-buffer-memory.
+    #[arg(long, value_name = "auto|N", default_value = "auto")]
+    pub concurrency: Concurrency,
 
     /// Most block data held in memory at once, summed over the copies (or
     /// --verify-data reads) in flight (suffixes K, M, G; powers of 1024). A copy waits
@@ -382,7 +385,7 @@ mod tests {
         ])
         .unwrap();
         assert!(c.dry_run);
-        assert_eq!(c.concurrency, 4);
+        assert_eq!(c.concurrency, Concurrency::Fixed(4));
         assert!(parse(&["keep-rsync", "--src", "a"]).is_err());
         // A value that happens to be a flag name is not rewritten.
         let args = go_style_args(["keep-rsync", "-prefix", "-src"].map(OsString::from));

@@ -5,8 +5,10 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use keep_client::{CopyError, WriteTarget};
 use tokio_util::sync::CancellationToken;
 
@@ -14,8 +16,10 @@ use crate::cluster::Cluster;
 use crate::limit::{BufferRoom, RateLimiter};
 use crate::plan::{Plan, Todo};
 use crate::progress::Progress;
-use crate::report::{Failure, FailureKind, Report};
+use crate::report::{ConcurrencyUsed, Failure, FailureKind, Report};
+use crate::schedule::{Scheduler, Touch};
 use crate::topology::Topology;
+use crate::tune::{AUTO_MAX, AUTO_START, BLOCK_WEIGHT, Concurrency, Tuner};
 
 /// Blocks larger than this are relayed from the source to the destination uploads as
 /// they arrive, never held whole: memory no longer grows with block size × blocks in
@@ -50,8 +54,8 @@ enum Outcome {
 /// Settings of the engine.
 #[derive(Debug)]
 pub struct CopyOptions {
-    /// Blocks in flight at once.
-    pub concurrency: usize,
+    /// Blocks in flight at once: tuned, or fixed.
+    pub concurrency: Concurrency,
     /// Most block bytes held at once (`--max-buffer-memory`).
     pub buffer_memory: u64,
     /// `--bwlimit`.
@@ -357,12 +361,56 @@ pub async fn run(
     let mut verdict = Verdict::default();
     let mut stopped = Stop::Finished;
 
-    let work = futures::stream::iter(plan.todo())
-        .take_while(|_| futures::future::ready(!halt.is_cancelled()))
-        .map(|todo| async move { (todo, copy_one(src, dst, plan, todo, shared).await) })
-        .buffer_unordered(opts.concurrency.max(1));
-    futures::pin_mut!(work);
-    while let Some((todo, outcome)) = work.next().await {
+    let replicas = if dst.client.has_proxy() {
+        0
+    } else {
+        plan.want().replicas as usize
+    };
+    let mut sched = Scheduler::new(
+        plan.todo(),
+        src.client.services().len(),
+        services.len(),
+        replicas,
+    );
+    let mut tuner = match opts.concurrency {
+        Concurrency::Auto => Some(Tuner::new(AUTO_START, AUTO_MAX)),
+        Concurrency::Fixed(_) => None,
+    };
+    let mut limit = opts.concurrency.start();
+    let began = Instant::now();
+    // A typical block's copy time (moving average), for the tuner's windows.
+    let mut block_time = Duration::from_millis(100);
+    let mut finished: u64 = 0;
+    let mut running = FuturesUnordered::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if halt.is_cancelled() {
+            sched.close();
+        }
+        while let Some((todo, touch)) = sched.next(limit, |t| touches(src, dst, plan, opts, t)) {
+            running.push(async move {
+                let t = Instant::now();
+                let outcome = copy_one(src, dst, plan, todo, shared).await;
+                (todo, touch, outcome, t.elapsed())
+            });
+        }
+        if sched.is_done() {
+            break;
+        }
+        let (todo, touch, outcome, took) = tokio::select! {
+            Some(done) = running.next() => done,
+            _ = tick.tick() => {
+                retune(&mut sched, &mut tuner, &mut limit, src, dst, began, finished, block_time);
+                continue;
+            }
+        };
+        sched.finish(&touch);
+        finished += 1;
+        block_time = block_time.mul_f64(0.8) + took.mul_f64(0.2);
+        retune(
+            &mut sched, &mut tuner, &mut limit, src, dst, began, finished, block_time,
+        );
         let mut r = report.lock().expect("report lock");
         let (kind, full) = match outcome {
             Outcome::Copied {
@@ -403,7 +451,66 @@ pub async fn run(
             }
         }
     }
+    let (low, high) = tuner.as_ref().map_or((limit, limit), Tuner::range);
+    let (src_busy, dst_busy) = sched.busy_services();
+    let names = |c: &Cluster, v: Vec<usize>| -> Vec<String> {
+        v.into_iter()
+            .map(|i| c.client.services()[i].uuid.clone())
+            .collect()
+    };
+    report.lock().expect("report lock").concurrency = Some(ConcurrencyUsed {
+        setting: opts.concurrency.to_string(),
+        low,
+        high,
+        last: limit,
+        busy_services: names(src, src_busy)
+            .into_iter()
+            .chain(names(dst, dst_busy))
+            .collect(),
+    });
     stopped
+}
+
+/// The services a copy keeps busy unless something fails: the source service it
+/// reads first, the destination services it writes first (none through a proxy).
+fn touches(src: &Cluster, dst: &Cluster, plan: &Plan, opts: &CopyOptions, todo: &Todo) -> Touch {
+    let hash = todo.hash();
+    let dst_first = if dst.client.has_proxy() {
+        Vec::new()
+    } else {
+        let held = opts.topology.services_of(plan.dst_holders(todo));
+        let need = plan.shortfall(todo).replicas as usize;
+        dst.client
+            .writable_order_indexes(&hash)
+            .into_iter()
+            .filter(|i| !held.contains(i) && !opts.skip_dst.contains(i))
+            .take(need)
+            .collect()
+    };
+    Touch {
+        src: src.client.readable_order_indexes(&hash).first().copied(),
+        dst: dst_first,
+    }
+}
+
+/// Feeds the scheduler the services' busy answers and the tuner the throughput.
+#[allow(clippy::too_many_arguments)]
+fn retune<I: Iterator<Item = Todo>>(
+    sched: &mut Scheduler<I>,
+    tuner: &mut Option<Tuner>,
+    limit: &mut usize,
+    src: &Cluster,
+    dst: &Cluster,
+    began: Instant,
+    finished: u64,
+    block_time: Duration,
+) {
+    let (st, dt) = (src.client.traffic(), dst.client.traffic());
+    sched.update(|i| st.busy(i), |i| dt.busy(i), Instant::now(), block_time);
+    if let Some(t) = tuner {
+        let work = st.received() + finished * BLOCK_WEIGHT;
+        *limit = t.observe(began.elapsed(), work, block_time);
+    }
 }
 
 /// Remembers services that said they are full (no block is sent to them again), and

@@ -25,8 +25,10 @@ pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod scan;
+pub mod schedule;
 pub mod signals;
 pub mod topology;
+pub mod tune;
 pub mod verify;
 
 use std::sync::Mutex;
@@ -63,9 +65,6 @@ fn validate(cli: &Cli) -> Result<()> {
         if r > 64 {
             bail!("-replications {r}: too many; Keep clusters use 1 to 3");
         }
-    }
-    if cli.concurrency == 0 || cli.concurrency > 1024 {
-        bail!("--concurrency {}: use 1 to 1024", cli.concurrency);
     }
     if cli.retries > 100 {
         bail!("--retries {}: use 0 to 100", cli.retries);
@@ -160,7 +159,7 @@ async fn run_inner(cli: Cli) -> Result<u8> {
             retries: cli.retries,
             ..RetryConfig::default()
         },
-        pool_max_idle_per_host: cli.concurrency.max(8),
+        pool_max_idle_per_host: cli.concurrency.max().max(8),
         stall_timeout: cli.stall_timeout,
         ..ClientOptions::default()
     };
@@ -308,7 +307,7 @@ async fn run_inner(cli: Cli) -> Result<u8> {
             &plan,
             verify::VerifyOptions {
                 data: cli.verify_data,
-                concurrency: cli.concurrency,
+                concurrency: cli.concurrency.start(),
                 buffer_memory: cli.max_buffer_memory,
             },
             &progress,

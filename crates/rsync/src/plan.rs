@@ -76,6 +76,16 @@ impl DstRec {
 }
 
 impl Todo {
+    /// A block whose hash starts with `first` (the rest zero), for tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(first: u8, size: u32) -> Todo {
+        let mut hash = [0; 16];
+        hash[0] = first;
+        Todo {
+            key: Key { hash, size },
+        }
+    }
+
     /// The block hash.
     pub fn hash(&self) -> BlockHash {
         BlockHash(self.key.hash)

@@ -184,6 +184,41 @@ impl FailedList {
     }
 }
 
+/// Blocks in flight during a copy (`--concurrency`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ConcurrencyUsed {
+    /// `auto` or the fixed number.
+    pub setting: String,
+    /// The lowest and highest limits used, and the last.
+    pub low: usize,
+    pub high: usize,
+    pub last: usize,
+    /// Keep services whose busy answers (503, 429) lowered their own limit.
+    pub busy_services: Vec<String>,
+}
+
+impl std::fmt::Display for ConcurrencyUsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.low == self.high {
+            write!(f, "{} ({})", self.setting, self.last)?;
+        } else {
+            write!(
+                f,
+                "{} ({} to {}, last {})",
+                self.setting, self.low, self.high, self.last
+            )?;
+        }
+        if !self.busy_services.is_empty() {
+            write!(
+                f,
+                "; fewer at once to busy services: {}",
+                self.busy_services.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// What the run did.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
@@ -206,6 +241,8 @@ pub struct Report {
     pub replicas_written: u64,
     /// Blocks whose copies went past a failed or full service to a later one in probe order.
     pub placed_past_first_choice: u64,
+    /// Blocks in flight: the setting and what it came to.
+    pub concurrency: Option<ConcurrencyUsed>,
     /// Blocks that failed (vanished ones not included).
     pub failed: Tally,
     /// Failed blocks by kind.
@@ -337,6 +374,9 @@ impl Report {
                 t(&self.copied),
                 self.replicas_written
             );
+            if let Some(c) = &self.concurrency {
+                let _ = writeln!(s, "  concurrency:         {c}");
+            }
             if self.placed_past_first_choice > 0 {
                 let _ = writeln!(
                     s,

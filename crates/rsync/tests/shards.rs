@@ -6,15 +6,7 @@ use std::collections::BTreeMap;
 
 use keep_client::BlockHash;
 
-use crate::util::{Pair, block, builder, holdings, run};
-
-fn report(stdout: &str) -> serde_json::Value {
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "report")
-        .unwrap_or_else(|| panic!("no JSON report in {stdout}"))
-}
+use crate::util::{Pair, block, builder, holdings, report, run};
 
 /// Replicas per block: the destinations have different cluster ids, hence different
 /// service UUIDs and probe orders, so which services hold a block may differ; how many

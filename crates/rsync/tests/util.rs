@@ -389,3 +389,12 @@ pub(crate) fn watch_peak_rss(child: &tokio::process::Child) -> tokio::task::Join
         peak_kb
     })
 }
+
+/// The JSON report (`--json`) among a run's output lines.
+pub(crate) fn report(stdout: &str) -> serde_json::Value {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "report")
+        .unwrap_or_else(|| panic!("no JSON report in {stdout}"))
+}

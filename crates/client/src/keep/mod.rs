@@ -5,11 +5,14 @@
 mod listing;
 mod put;
 mod relay;
+mod traffic;
 
 pub use put::WriteTarget;
 pub use relay::CopyError;
+pub use traffic::Traffic;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -132,6 +135,8 @@ pub struct KeepClient {
     admin_token: Option<Token>,
     http: reqwest::Client,
     options: ClientOptions,
+    /// Shared by clones: one count of the traffic to these services.
+    traffic: Arc<Traffic>,
 }
 
 /// What a read asks for.
@@ -265,6 +270,7 @@ impl KeepClient {
     ) -> Result<KeepClient> {
         let http = http_client(&options.http_settings())?;
         Ok(KeepClient {
+            traffic: Arc::new(Traffic::new(services.len())),
             services,
             token,
             admin_token: None,
@@ -336,6 +342,7 @@ impl KeepClient {
             default_storage_classes: config.default_storage_classes,
         };
         let client = KeepClient {
+            traffic: Arc::new(Traffic::new(services.len())),
             services,
             token: token.clone(),
             admin_token: None,
@@ -343,6 +350,20 @@ impl KeepClient {
             options,
         };
         Ok((client, info))
+    }
+
+    /// What this client's requests (and its clones') have done so far: bytes received,
+    /// busy answers per service. For a scheduler that tunes its concurrency.
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
+    }
+
+    /// The index of `svc` in [`KeepClient::services`] (it is one of them).
+    pub(crate) fn index_of(&self, svc: &KeepService) -> Option<usize> {
+        self.services
+            .iter()
+            .position(|s| std::ptr::eq(s, svc))
+            .or_else(|| self.services.iter().position(|s| s.uuid == svc.uuid))
     }
 
     /// All services, in the order given.
@@ -562,6 +583,7 @@ impl KeepClient {
         if status != StatusCode::OK {
             let code = status.as_u16();
             let body = self.sanitize(&error_body(resp).await);
+            self.traffic.note_answer(self.index_of(svc), code, &body);
             if is_permission_answer(code, &body) {
                 return Err(Error::PermissionDenied {
                     target: svc.uuid.clone(),
@@ -656,6 +678,7 @@ impl KeepClient {
             .map_err(|e| body_error(svc, locator, e, buf.len() as u64, announced))?
         {
             progress.touch();
+            self.traffic.add_received(chunk.len());
             if buf.len() as u64 + chunk.len() as u64 > limit {
                 return Err(size_mismatch(format!("received more than {limit} bytes")));
             }

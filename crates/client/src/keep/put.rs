@@ -422,6 +422,7 @@ impl KeepClient {
         let status = resp.status().as_u16();
         if status != 200 {
             let body = self.sanitize(&error_body(resp).await);
+            self.traffic.note_answer(self.index_of(svc), status, &body);
             let lower = body.to_ascii_lowercase();
             // 3.x: 400 `content hash ... did not match specified locator ...`;
             // 2.x: 422 `Hash mismatch in request` (§14).

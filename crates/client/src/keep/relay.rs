@@ -268,6 +268,7 @@ impl KeepClient {
                 Ok(Ok(Some(c))) => c,
             };
             received += chunk.len() as u64;
+            self.traffic.add_received(chunk.len());
             if received > size {
                 break Error::SizeMismatch {
                     locator: read.unsigned(),

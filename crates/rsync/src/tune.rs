@@ -1,0 +1,360 @@
+//! How many blocks are in flight: `--concurrency auto` (the default) or a fixed N.
+//!
+//! The right number depends on the link: on a LAN, a few dozen copies keep the
+//! keepstores busy and more only queue; across a WAN (100 ms per request), hundreds
+//! are needed to fill the pipe; behind a slow link, anything past a handful waits for
+//! the same bandwidth. [`Tuner`] finds it from what it measures, by hill climbing on
+//! throughput: it doubles the limit while doubling pays, then probes a step up and a
+//! step down now and then and keeps what moved more. Busy answers (503 beyond a
+//! keepstore's `MaxConcurrentRequests`) are handled per service by the scheduler
+//! (`copy.rs`), so one overloaded keepstore does not slow the others.
+//!
+//! Pure state machine: it is fed the clock and counters and returns the limit, so
+//! the tests drive it with simulated links.
+
+use std::time::Duration;
+
+/// Where `auto` starts: high enough that a WAN run does not spend its first seconds
+/// ramping up, low enough for a LAN (BENCHMARKS.md, S1-S7).
+pub const AUTO_START: usize = 64;
+/// The most blocks `auto` keeps in flight.
+pub const AUTO_MAX: usize = 256;
+/// What a completed block counts for, beside its bytes, in the throughput measured:
+/// small blocks cost a request each whatever their size.
+pub const BLOCK_WEIGHT: u64 = 64 << 10;
+
+/// `--concurrency`: `auto` or a fixed number of blocks in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concurrency {
+    /// Tuned while running, from [`AUTO_START`], at most [`AUTO_MAX`].
+    Auto,
+    /// Exactly this many.
+    Fixed(usize),
+}
+
+impl Concurrency {
+    /// The most blocks in flight this setting can reach.
+    pub fn max(self) -> usize {
+        match self {
+            Concurrency::Auto => AUTO_MAX,
+            Concurrency::Fixed(n) => n,
+        }
+    }
+
+    /// The number of blocks in flight at the start.
+    pub fn start(self) -> usize {
+        match self {
+            Concurrency::Auto => AUTO_START,
+            Concurrency::Fixed(n) => n,
+        }
+    }
+}
+
+impl std::str::FromStr for Concurrency {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Concurrency::Auto);
+        }
+        match s.parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Ok(Concurrency::Fixed(n)),
+            _ => Err(format!("{s:?}: use auto or a number from 1 to 1024")),
+        }
+    }
+}
+
+impl std::fmt::Display for Concurrency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Concurrency::Auto => f.write_str("auto"),
+            Concurrency::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// A gain smaller than this is noise (a shared machine's jitter).
+const NOISE: f64 = 0.05;
+/// Doubling must gain at least this much to double again.
+const DOUBLING_PAYS: f64 = 0.15;
+/// Windows in the steady state between two probes.
+const PROBE_EVERY: u32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    /// Doubling while doubling pays; `prev` is the limit and rate before the last one.
+    Growing { prev: Option<(usize, f64)> },
+    /// Holding; a probe after `PROBE_EVERY` windows, up and down in turn.
+    Steady { windows: u32, up_next: bool },
+    /// Trying `limit` against `base` (the limit and rate before the probe).
+    Probing { base: (usize, f64), up: bool },
+}
+
+/// Hill climbing on throughput. See the module docs.
+#[derive(Debug, Clone)]
+pub struct Tuner {
+    limit: usize,
+    max: usize,
+    state: State,
+    /// The window being measured: its start (seconds) and the work counter then.
+    start: f64,
+    work: u64,
+    /// Measurement waits until then after a change, for the new limit to take hold.
+    settle_until: f64,
+    /// Limits taken, for the report: lowest and highest.
+    low: usize,
+    high: usize,
+}
+
+impl Tuner {
+    /// A tuner starting at `start` blocks in flight, never above `max`.
+    pub fn new(start: usize, max: usize) -> Tuner {
+        let start = start.clamp(1, max.max(1));
+        Tuner {
+            limit: start,
+            max: max.max(1),
+            state: State::Growing { prev: None },
+            start: 0.0,
+            work: 0,
+            settle_until: 0.0,
+            low: start,
+            high: start,
+        }
+    }
+
+    /// The current limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The lowest and highest limits used so far.
+    pub fn range(&self) -> (usize, usize) {
+        (self.low, self.high)
+    }
+
+    /// Feeds the clock (`now`, since the copy began), the work done so far (bytes
+    /// received plus [`BLOCK_WEIGHT`] per block finished) and the typical time of one
+    /// block copy; returns the limit to use from now on.
+    pub fn observe(&mut self, now: Duration, work: u64, block_time: Duration) -> usize {
+        let now = now.as_secs_f64();
+        let block = block_time.as_secs_f64();
+        if now < self.settle_until {
+            self.start = now;
+            self.work = work;
+            return self.limit;
+        }
+        // Long enough to average over a turnover of the blocks in flight, short
+        // enough to follow a change within seconds.
+        let window = (1.5 * block).clamp(0.2, 5.0);
+        let elapsed = now - self.start;
+        if elapsed < window {
+            return self.limit;
+        }
+        let rate = work.saturating_sub(self.work) as f64 / elapsed;
+        let before = self.limit;
+        self.decide(rate);
+        self.start = now;
+        self.work = work;
+        if self.limit != before {
+            // New slots start reading at once; finished blocks follow a block later.
+            self.settle_until = now + (0.5 * block).min(2.0);
+            self.low = self.low.min(self.limit);
+            self.high = self.high.max(self.limit);
+            tracing::debug!(from = before, to = self.limit, rate, "concurrency");
+        }
+        self.limit
+    }
+
+    fn set(&mut self, limit: usize) {
+        self.limit = limit.clamp(1, self.max);
+    }
+
+    fn decide(&mut self, rate: f64) {
+        let limit = self.limit;
+        match self.state {
+            State::Growing { prev } => {
+                let pays = prev.is_none_or(|(_, r)| rate >= r * (1.0 + DOUBLING_PAYS));
+                if pays && limit < self.max {
+                    self.state = State::Growing {
+                        prev: Some((limit, rate)),
+                    };
+                    self.set(limit * 2);
+                    return;
+                }
+                // The last doubling did not pay (or there is no room): keep the lower
+                // limit unless the higher one did better beyond noise.
+                if let Some((l, r)) = prev {
+                    if rate < r * (1.0 + NOISE) {
+                        self.set(l);
+                    }
+                }
+                self.state = State::Steady {
+                    windows: 0,
+                    up_next: false,
+                };
+            }
+            State::Steady { windows, up_next } => {
+                if windows + 1 < PROBE_EVERY {
+                    self.state = State::Steady {
+                        windows: windows + 1,
+                        up_next,
+                    };
+                    return;
+                }
+                let to = if up_next {
+                    (limit + limit / 4).max(limit + 1).min(self.max)
+                } else {
+                    (limit - limit / 5).min(limit.saturating_sub(1)).max(1)
+                };
+                if to == limit {
+                    self.state = State::Steady {
+                        windows: 0,
+                        up_next: !up_next,
+                    };
+                    return;
+                }
+                self.state = State::Probing {
+                    base: (limit, rate),
+                    up: up_next,
+                };
+                self.set(to);
+            }
+            State::Probing { base: (l, r), up } => {
+                let keep = if up {
+                    rate > r * (1.0 + NOISE)
+                } else {
+                    rate >= r * (1.0 - NOISE)
+                };
+                if keep && up {
+                    // More paid: grow again, fast, from here.
+                    self.state = State::Growing {
+                        prev: Some((limit, rate)),
+                    };
+                    self.set(limit * 2);
+                    return;
+                }
+                if !keep {
+                    self.set(l);
+                }
+                self.state = State::Steady {
+                    windows: 0,
+                    up_next: !up,
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A simulated link: `slots` blocks in flight move `rate(slots)` work units per
+    /// second. Runs the tuner for `secs` in 10 ms steps; returns the work done and
+    /// the final limit.
+    fn simulate(rate: impl Fn(usize) -> f64, block: f64, secs: f64) -> (f64, usize) {
+        let mut t = Tuner::new(AUTO_START, AUTO_MAX);
+        let (mut work, mut now) = (0.0, 0.0);
+        let step = 0.01;
+        while now < secs {
+            work += rate(t.limit()) * step;
+            now += step;
+            t.observe(
+                Duration::from_secs_f64(now),
+                work as u64,
+                Duration::from_secs_f64(block),
+            );
+        }
+        (work, t.limit())
+    }
+
+    /// The work a fixed limit does in the same time.
+    fn fixed(rate: impl Fn(usize) -> f64, n: usize, secs: f64) -> f64 {
+        rate(n) * secs
+    }
+
+    /// The best fixed limit of the bench's sweep, and its work.
+    fn best(rate: &impl Fn(usize) -> f64, secs: f64) -> (usize, f64) {
+        [8, 16, 32, 64, 128, 256]
+            .into_iter()
+            .map(|n| (n, fixed(rate, n, secs)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap()
+    }
+
+    #[test]
+    fn latency_bound_climbs_to_the_top() {
+        // 100 ms per request, 2 requests per block: each slot moves 64 KiB per 0.2 s,
+        // up to a ceiling far above 256 slots.
+        let rate = |n: usize| n as f64 * 65536.0 / 0.2;
+        let (work, limit) = simulate(rate, 0.2, 10.0);
+        let (n, b) = best(&rate, 10.0);
+        assert_eq!(n, 256);
+        assert_eq!(limit, AUTO_MAX);
+        assert!(work >= 0.9 * b, "{:.2} of the best", work / b);
+    }
+
+    #[test]
+    fn bandwidth_bound_holds_where_more_does_not_pay() {
+        // 15 MB/s in all, reached by 4 slots; more only queue.
+        let rate = |n: usize| 15e6 * (n.min(4) as f64 / 4.0);
+        let (work, limit) = simulate(rate, 2.0, 120.0);
+        let (_, b) = best(&rate, 120.0);
+        assert!(work >= 0.95 * b, "{:.2} of the best", work / b);
+        assert!(limit <= AUTO_START, "limit {limit}: more did not pay");
+    }
+
+    #[test]
+    fn cpu_bound_lan_comes_down() {
+        // A LAN whose servers saturate at 16 slots and lose 0.3% per slot beyond
+        // (contention): 64 is 15% slower than 16.
+        let rate = |n: usize| {
+            let n = n as f64;
+            if n <= 16.0 {
+                n * 1e6
+            } else {
+                16e6 * (1.0 - 0.003 * (n - 16.0)).max(0.1)
+            }
+        };
+        let (work, limit) = simulate(rate, 0.02, 20.0);
+        let (_, b) = best(&rate, 20.0);
+        assert!(limit < AUTO_START, "limit {limit}");
+        assert!(work >= 0.9 * b, "{:.2} of the best", work / b);
+    }
+
+    #[test]
+    fn a_link_that_improves_is_followed() {
+        // 10 s at a ceiling of 32 slots, then a ceiling of 200.
+        let mut t = Tuner::new(AUTO_START, AUTO_MAX);
+        let (mut work, mut now, mut late) = (0.0, 0.0, 0.0);
+        while now < 40.0 {
+            let cap = if now < 10.0 { 32 } else { 200 };
+            let w = t.limit().min(cap) as f64 * 1e5 * 0.01;
+            work += w;
+            if now >= 20.0 {
+                late += w;
+            }
+            now += 0.01;
+            t.observe(
+                Duration::from_secs_f64(now),
+                work as u64,
+                Duration::from_millis(100),
+            );
+        }
+        // Down near the first ceiling, then (probes included) near the second.
+        assert!(t.range().0 <= 40, "range {:?}", t.range());
+        let best = 200.0 * 1e5 * 20.0;
+        assert!(late >= 0.9 * best, "{:.2} of the best", late / best);
+    }
+
+    #[test]
+    fn parsing() {
+        assert_eq!("auto".parse(), Ok(Concurrency::Auto));
+        assert_eq!("AUTO".parse(), Ok(Concurrency::Auto));
+        assert_eq!("8".parse(), Ok(Concurrency::Fixed(8)));
+        assert!("0".parse::<Concurrency>().is_err());
+        assert!("1025".parse::<Concurrency>().is_err());
+        assert!("many".parse::<Concurrency>().is_err());
+        assert_eq!(Concurrency::Auto.to_string(), "auto");
+        assert_eq!(Concurrency::Fixed(3).max(), 3);
+    }
+}
