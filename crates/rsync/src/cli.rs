@@ -124,7 +124,7 @@ pub struct Cli {
     #[arg(long, value_name = "CLASS,...", value_delimiter = ',')]
     pub storage_classes: Vec<String>,
 
-    /// Blocks copied at once: auto, or a fixed number (1 to 1024). auto starts at 64
+    /// Blocks copied at once: auto, or a fixed number (1 to 1024). auto starts at 128
     /// and follows the throughput it measures, up to 256: higher across a WAN, lower
     /// on a busy LAN; a keep service that answers 503 (its request limit) gets fewer
     /// at once, and none holds more than twice its share. Memory is bounded

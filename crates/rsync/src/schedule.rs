@@ -104,7 +104,7 @@ impl Side {
                     tracing::debug!(
                         service = i,
                         in_flight = self.in_flight[i],
-                        limit = (had / 2).max(1),
+                        limit = (had * 3 / 4).max(1),
                         "busy answers: fewer at once"
                     );
                 }

@@ -4,8 +4,9 @@
 //! keepstores busy and more only queue; across a WAN (100 ms per request), hundreds
 //! are needed to fill the pipe; behind a slow link, anything past a handful waits for
 //! the same bandwidth. [`Tuner`] finds it from what it measures, by hill climbing on
-//! throughput: it doubles the limit while doubling pays, then probes a step up and a
-//! step down now and then and keeps what moved more. Busy answers (503 beyond a
+//! throughput: it doubles the limit while doubling pays, steps down while less loses
+//! nothing, and probes a step up and a step down now and then, keeping what moved
+//! more. Busy answers (503 beyond a
 //! keepstore's `MaxConcurrentRequests`) are handled per service by the scheduler
 //! (`copy.rs`), so one overloaded keepstore does not slow the others.
 //!
@@ -15,8 +16,9 @@
 use std::time::Duration;
 
 /// Where `auto` starts: high enough that a WAN run does not spend its first seconds
-/// ramping up, low enough for a LAN (BENCHMARKS.md, S1-S7).
-pub const AUTO_START: usize = 64;
+/// ramping up (from 64, S6 took 11% longer than a fixed 256; from 128, 2.5%), and a
+/// LAN that wants fewer comes down in a few windows (BENCHMARKS.md, S1-S7).
+pub const AUTO_START: usize = 128;
 /// The most blocks `auto` keeps in flight.
 pub const AUTO_MAX: usize = 256;
 /// What a completed block counts for, beside its bytes, in the throughput measured:
@@ -230,6 +232,17 @@ impl Tuner {
                         prev: Some((limit, rate)),
                     };
                     self.set(limit * 2);
+                    return;
+                }
+                if keep && limit > 1 {
+                    // Less lost nothing: step down again at once, measured against
+                    // the best rate of the descent, so small losses cannot add up.
+                    let to = (limit - limit / 5).min(limit - 1).max(1);
+                    self.state = State::Probing {
+                        base: (limit, rate.max(r)),
+                        up: false,
+                    };
+                    self.set(to);
                     return;
                 }
                 if !keep {

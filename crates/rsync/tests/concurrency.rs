@@ -12,8 +12,8 @@ async fn fresh(src: keep_testcluster::Builder, dst: &str) -> Pair {
     Pair::with(src, builder(dst)).await
 }
 
-/// 100 ms per keepstore request (a transatlantic link): auto climbs well past where it
-/// starts, and copies faster than the old fixed default of 32.
+/// 100 ms per keepstore request (a transatlantic link): auto climbs past where it
+/// starts, to its top, and copies far faster than the old fixed default of 32.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_climbs_on_a_high_latency_link() {
     const N: usize = 1500;
@@ -36,8 +36,9 @@ async fn auto_climbs_on_a_high_latency_link() {
         results.push((secs, report(&r.stdout)["concurrency"].clone()));
     }
     let (fixed, auto) = (&results[0], &results[1]);
+    // auto starts at 128 and tops out at 256.
     let high = auto.1["high"].as_u64().unwrap();
-    assert!(high >= 128, "auto reached only {high}: {}", auto.1);
+    assert_eq!(high, 256, "auto reached only {high}: {}", auto.1);
     assert_eq!(auto.1["setting"], "auto");
     assert_eq!(fixed.1["high"], 32);
     assert!(
@@ -56,23 +57,26 @@ async fn auto_climbs_on_a_high_latency_link() {
     );
 }
 
-/// Destination keepstores that answer 503 beyond 4 requests at once (as 2.x
-/// keepstores and proxies may; 3.x ones queue first). auto lowers the limit of each
-/// busy service and still copies everything where it belongs. The first burst of a
-/// run meets the wall whatever the setting (nothing is known yet; keep-client backs
-/// off), so the 503s are compared with a fixed 64's, not expected to vanish.
+/// Keepstores at Arvados's default `API.MaxConcurrentRequests` (64; a keepstore
+/// answers 503 at once beyond it) behind 100 ms per request, where the best fixed
+/// setting on an unlimited cluster is 256. auto lowers the limit of each busy service
+/// and sends fewer requests into the wall than a fixed 256, as fast, and copies
+/// everything where it belongs. (The first burst of a run meets the wall whatever the
+/// setting: nothing is known yet, and keep-client backs off.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_services_are_limited_and_everything_lands_in_place() {
-    const N: usize = 600;
+    const N: usize = 2000;
     let mut runs = Vec::new();
-    for (i, setting) in ["64", "auto"].into_iter().enumerate() {
+    for (i, setting) in ["256", "auto"].into_iter().enumerate() {
         let p = fresh(builder("srcaa"), &format!("dst{i:02}")).await;
         for b in 0..N {
-            p.src.put_block(&block("busy", b, 2000), 1).await.unwrap();
+            p.src.put_block(&block("busy", b, 1000), 1).await.unwrap();
         }
-        for k in 0..3 {
-            ks(&p.dst, k).set_max_concurrent(Some(4));
-            ks(&p.dst, k).set_latency(Duration::from_millis(20));
+        for c in [&p.src, &p.dst] {
+            for k in 0..3 {
+                ks(c, k).set_max_concurrent(Some(64));
+                ks(c, k).set_latency(Duration::from_millis(100));
+            }
         }
         let t = Instant::now();
         let r = p
@@ -81,26 +85,30 @@ async fn busy_services_are_limited_and_everything_lands_in_place() {
         let secs = t.elapsed().as_secs_f64();
         r.assert_code(0);
         assert_all_copied(&p, 2).await;
-        let n503 = count_requests(&p.dst, |r| r.status == 503);
+        let n503 = count_requests(&p.src, |r| r.status == 503)
+            + count_requests(&p.dst, |r| r.status == 503);
         runs.push((n503, report(&r.stdout)["concurrency"].clone(), secs));
     }
     let ((fixed, _, fixed_s), (auto, used, auto_s)) = (&runs[0], &runs[1]);
-    assert!(*fixed > 0, "the cap was never reached at 64");
+    assert!(*fixed > 0, "the cap was never reached at 256");
     let busy = used["busy_services"].as_array().unwrap();
     assert_eq!(
         busy.len(),
         3,
         "every destination keepstore was busy: {used}"
     );
+    // Alone on a machine auto sends about half as many (126-260 against 501-530 in
+    // three runs); beside the rest of the suite the margin shrinks, but it never sends
+    // more.
     assert!(
-        *auto <= fixed + fixed / 2,
-        "auto: {auto} 503s, --concurrency 64: {fixed}; {used}"
+        auto <= fixed,
+        "auto: {auto} 503s, --concurrency 256: {fixed}; {used}"
     );
     figure(
-        "--concurrency auto against destination keepstores capped at 4 requests",
-        &format!("{N} blocks of 2,000 B, destination keepstores answer 503 beyond 4"),
+        "--concurrency auto against keepstores at MaxConcurrentRequests 64",
+        &format!("{N} blocks of 1,000 B, 100 ms per request, keepstores answer 503 beyond 64"),
         &format!(
-            "all copied; 503s: auto {auto}, --concurrency 64 {fixed}; {auto_s:.1} s vs {fixed_s:.1} s"
+            "all copied; 503s: auto {auto}, --concurrency 256 {fixed}; {auto_s:.1} s vs {fixed_s:.1} s"
         ),
     );
 }

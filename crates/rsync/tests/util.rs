@@ -125,6 +125,8 @@ pub(crate) async fn run_program(program: &Path, args: &[String]) -> Run {
         .args(args)
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1")
+        // A test that times out (dropping this future) leaves no process behind.
+        .kill_on_drop(true)
         .output()
         .await
         .expect("keep-rsync runs");
