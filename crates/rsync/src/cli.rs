@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 
+use crate::shard::ShardArg;
 use crate::tune::Concurrency;
 
 /// Exit codes, as documented in `--help` and the README.
@@ -49,7 +50,14 @@ EXIT STATUS
   130  interrupted (Ctrl-C / SIGTERM): copies in flight finished, the report was printed
 
 Run it again after any interruption: the destination's index is the checkpoint, so
-only what is still missing is copied.";
+only what is still missing is copied.
+
+SHARDS
+  keep-rsync ... --shard auto --report DIR/report-$SLURM_ARRAY_TASK_ID.json
+                             one task of `sbatch --array=0-15` (examples/slurm/)
+  keep-rsync merge-reports [--json] FILE...
+                             one report (and one exit status, the worst) for all the
+                             shards; says which are missing or failed";
 
 /// Copy every Keep block from one Arvados cluster to another.
 ///
@@ -81,6 +89,25 @@ pub struct Cli {
     /// 16 jobs with 0..f).
     #[arg(long, value_name = "HEX", default_value = "")]
     pub prefix: String,
+
+    /// Run shard I of N (0 <= I < N <= 4096): a contiguous 1/N of the hash space
+    /// (under -prefix, if given), read as the fewest index prefixes. N such runs, in
+    /// any order or at once, copy everything exactly once. auto takes I and N from a
+    /// Slurm job array (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT) or a Kubernetes
+    /// Indexed Job (JOB_COMPLETION_INDEX, KEEP_RSYNC_SHARDS).
+    #[arg(long, value_name = "I/N|auto")]
+    pub shard: Option<ShardArg>,
+
+    /// Most memory the plan may take (suffixes K, M, G). A larger migration runs as
+    /// passes, one range of hashes after another, in this one process; the number of
+    /// blocks is estimated first from a sample of every index (1/4096 of it).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "4G")]
+    pub max_plan_memory: u64,
+
+    /// Also write the final JSON report to FILE (replaced whole, at the end, even
+    /// after a fatal error): one per shard, to add up with keep-rsync merge-reports.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 
     /// Source keep services as KeepServiceList JSON (literal text or a file), instead
     /// of asking the source API server.

@@ -21,11 +21,14 @@ pub mod cluster;
 pub mod copy;
 pub mod limit;
 pub mod listfile;
+pub mod merge;
+mod passes;
 pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod scan;
 pub mod schedule;
+pub mod shard;
 pub mod signals;
 pub mod topology;
 pub mod tune;
@@ -103,12 +106,41 @@ fn validate(cli: &Cli) -> Result<()> {
 }
 
 /// Runs keep-rsync with parsed flags and returns the exit code. Errors are printed
-/// as one line on stderr.
+/// as one line on stderr (and, with `--report`, written there as a report that says
+/// so, for `merge-reports`).
 pub async fn run(cli: Cli) -> u8 {
+    let report_path = cli.report.clone();
+    let fatal_report = Report {
+        mode: if cli.dry_run {
+            "dry-run"
+        } else if cli.verify {
+            "verify"
+        } else {
+            "copy"
+        }
+        .into(),
+        prefix: cli.prefix.clone(),
+        shard: match cli.shard {
+            Some(shard::ShardArg::Given(s)) => Some(s),
+            Some(shard::ShardArg::Auto) => shard::Shard::from_env(|k| std::env::var(k).ok()).ok(),
+            None => None,
+        },
+        ..Report::default()
+    };
     match run_inner(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("keep-rsync: {e:#}");
+            let msg = format!("{e:#}");
+            eprintln!("keep-rsync: {msg}");
+            if let Some(path) = report_path {
+                let r = Report {
+                    fatal: Some(msg),
+                    ..fatal_report
+                };
+                if let Err(e) = report::write_file(&path, &r.to_json()) {
+                    eprintln!("keep-rsync: {e:#}");
+                }
+            }
             exit::FATAL
         }
     }
@@ -120,8 +152,15 @@ async fn run_inner(cli: Cli) -> Result<u8> {
         return Ok(exit::OK);
     }
     validate(&cli)?;
+    let shard = match cli.shard {
+        None => shard::Shard::ALL,
+        Some(shard::ShardArg::Given(s)) => s,
+        Some(shard::ShardArg::Auto) => {
+            shard::Shard::from_env(|k| std::env::var(k).ok()).map_err(anyhow::Error::msg)?
+        }
+    };
     let started = Instant::now();
-    let mut progress = Progress::new(Mode::choose(cli.json, cli.quiet), cli.stats);
+    let progress = Progress::new(Mode::choose(cli.json, cli.quiet), cli.stats);
     // Created (emptied) now: a path that cannot be written is found before any work,
     // and from here on the file holds every failure as it happens.
     let failed_list = match &cli.failed_list {
@@ -223,7 +262,6 @@ async fn run_inner(cli: Cli) -> Result<u8> {
         });
     }
 
-    // Destination first: the source entries are filtered against it as they stream in.
     // Through a keepproxy the destination index cannot tell services apart (§6.5), so
     // a block it lists at all counts as present; keepproxy makes the copies.
     let counting = if dst_topology.rule == topology::Rule::Proxy {
@@ -234,31 +272,150 @@ async fn run_inner(cli: Cli) -> Result<u8> {
     } else {
         want
     };
-    let weights = dst_topology
-        .devices
-        .iter()
-        .map(|d| plan::DeviceWeight {
-            replication: d.replication,
-            classes: d.classes,
-        })
-        .collect();
-    let planner = scan::Planner::start(PlanBuilder::new(counting, weights))?;
-    let dst_down = scan::scan(&dst, &dst_topology, &cli.prefix, &planner, &progress).await?;
-    planner.finish_dst();
-    let src_down = match &from_list {
-        // Exactly the listed blocks, as if the source had listed them.
-        Some(blocks) => {
-            planner.add_src(
-                blocks
-                    .iter()
-                    .filter(|l| l.hash().has_hex_prefix(&cli.prefix)),
-            );
-            Vec::new()
-        }
-        None => scan::scan(&src, &src_topology, &cli.prefix, &planner, &progress).await?,
+    let job = Job {
+        cli: &cli,
+        src: &src,
+        dst: &dst,
+        src_topology: &src_topology,
+        dst_topology: &dst_topology,
+        want,
+        counting,
+        from_list: from_list.as_deref(),
+        stop: &stop,
     };
-    let mut plan = planner.finish()?;
-    plan.set_want(want);
+    // One pass, unless the plan outgrows --max-plan-memory while it is read: then
+    // the run starts again as passes.
+    let mut passes = vec![shard.prefixes(&cli.prefix)];
+    let mut report = Report {
+        mode: if cli.dry_run {
+            "dry-run"
+        } else if cli.verify {
+            "verify"
+        } else {
+            "copy"
+        }
+        .into(),
+        prefix: cli.prefix.clone(),
+        shard: (shard != shard::Shard::ALL).then_some(shard),
+        passes: passes.len() as u32,
+        from_list: cli.from_list.as_ref().map(|p| p.display().to_string()),
+        failed_list,
+        counting_rule: dst_topology.rule.to_string(),
+        storage_classes: classes.clone(),
+        ..Report::default()
+    };
+    let copy_started = Instant::now();
+    let progress = std::sync::Arc::new(progress);
+    let mut i = 0;
+    while i < passes.len() {
+        let prefixes = &passes[i];
+        if passes.len() > 1 {
+            progress.note(&format!(
+                "pass {} of {}: hashes starting {}",
+                i + 1,
+                passes.len(),
+                passes::describe(prefixes)
+            ));
+        }
+        let outcome = match run_pass(&job, prefixes, &progress, &mut report).await {
+            Err(e) if e.is::<scan::OverBudget>() => {
+                if passes.len() == 1 {
+                    passes = passes::split(&job, shard, &progress).await?;
+                } else {
+                    // The estimate was low for this range: halve it.
+                    let halves = passes::halve(&passes[i])?;
+                    passes.splice(i..=i, halves);
+                }
+                report.passes = passes.len() as u32;
+                continue;
+            }
+            other => other?,
+        };
+        i += 1;
+        if let Some(msg) = outcome {
+            report.stopped = Some(msg.clone());
+            finish_report(&cli, &mut report, started, copy_started, &progress)?;
+            eprintln!("keep-rsync: {msg}");
+            return Ok(report.exit_code());
+        }
+        if stop.is_cancelled() {
+            break;
+        }
+        report.passes_done += 1;
+    }
+    finish(&cli, &stop, &mut report, started, copy_started, &progress)?;
+    Ok(report.exit_code())
+}
+
+/// What every pass of a run shares.
+pub(crate) struct Job<'a> {
+    pub(crate) cli: &'a Cli,
+    pub(crate) src: &'a cluster::Cluster,
+    pub(crate) dst: &'a cluster::Cluster,
+    pub(crate) src_topology: &'a topology::Topology,
+    pub(crate) dst_topology: &'a topology::Topology,
+    /// What the destination should hold, and what its index counts toward.
+    pub(crate) want: plan::Want,
+    pub(crate) counting: plan::Want,
+    /// `--from-list`: these blocks instead of the source's indexes.
+    pub(crate) from_list: Option<&'a [keep_client::Locator]>,
+    pub(crate) stop: &'a CancellationToken,
+}
+
+impl Job<'_> {
+    /// Indexes both sides under `prefixes` (the destination first: the source's
+    /// entries are filtered against it as they stream in) into a plan. Returns the
+    /// plan and the devices of each side that could not be reached.
+    pub(crate) async fn plan(
+        &self,
+        prefixes: &[String],
+        progress: &Progress,
+    ) -> Result<(plan::Plan, Vec<usize>, Vec<usize>)> {
+        let weights = self
+            .dst_topology
+            .devices
+            .iter()
+            .map(|d| plan::DeviceWeight {
+                replication: d.replication,
+                classes: d.classes,
+            })
+            .collect();
+        let planner = scan::Planner::start(
+            PlanBuilder::new(self.counting, weights),
+            self.cli.max_plan_memory,
+        )?;
+        let dst_down =
+            scan::scan(self.dst, self.dst_topology, prefixes, &planner, progress).await?;
+        planner.finish_dst();
+        let src_down = match self.from_list {
+            // Exactly the listed blocks, as if the source had listed them.
+            Some(blocks) => {
+                planner.add_src(
+                    blocks
+                        .iter()
+                        .filter(|l| prefixes.iter().any(|p| l.hash().has_hex_prefix(p))),
+                );
+                Vec::new()
+            }
+            None => scan::scan(self.src, self.src_topology, prefixes, &planner, progress).await?,
+        };
+        let mut plan = planner.finish()?;
+        plan.set_want(self.want);
+        Ok((plan, src_down, dst_down))
+    }
+}
+
+/// One pass: plans the blocks under `prefixes`, then copies (or verifies) them,
+/// adding to `report`. Returns why the run must stop, if it must.
+async fn run_pass(
+    job: &Job<'_>,
+    prefixes: &[String],
+    progress: &std::sync::Arc<Progress>,
+    report: &mut Report,
+) -> Result<Option<String>> {
+    let cli = job.cli;
+    let (src, dst) = (job.src, job.dst);
+    let (plan, src_down, dst_down) = job.plan(prefixes, progress).await?;
     let s = plan.stats();
     progress.note(&if cli.verify {
         format!(
@@ -277,83 +434,62 @@ async fn run_inner(cli: Cli) -> Result<u8> {
             s.src.blocks, s.dst.blocks, s.to_copy.blocks
         )
     });
-
-    let mut report = Report {
-        mode: if cli.dry_run {
-            "dry-run"
-        } else if cli.verify {
-            "verify"
-        } else {
-            "copy"
+    report.plan.absorb(s);
+    report.plan_bytes = report.plan_bytes.max(plan.heap_bytes() as u64);
+    for u in unreachable("source", src, job.src_topology, &src_down)
+        .into_iter()
+        .chain(unreachable("destination", dst, job.dst_topology, &dst_down))
+    {
+        if !report.unreachable_services.contains(&u) {
+            report.unreachable_services.push(u);
         }
-        .into(),
-        prefix: cli.prefix.clone(),
-        from_list: cli.from_list.as_ref().map(|p| p.display().to_string()),
-        plan: s.clone(),
-        failed_list,
-        counting_rule: dst_topology.rule.to_string(),
-        storage_classes: classes.clone(),
-        unreachable_services: unreachable("source", &src, &src_topology, &src_down)
-            .into_iter()
-            .chain(unreachable("destination", &dst, &dst_topology, &dst_down))
-            .collect(),
-        ..Report::default()
-    };
-    let copy_started = Instant::now();
+    }
     if cli.verify {
         verify::run(
-            &dst,
-            &dst_topology,
+            dst,
+            job.dst_topology,
             &plan,
             verify::VerifyOptions {
                 data: cli.verify_data,
                 concurrency: cli.concurrency.start(),
                 buffer_memory: cli.max_buffer_memory,
             },
-            &progress,
-            &stop,
-            &mut report,
+            progress,
+            job.stop,
+            report,
         )
         .await;
-    } else if !cli.dry_run {
-        progress.start_copy(s.to_copy.blocks, s.to_copy.bytes);
-        let skip_dst =
-            dst_topology.services_of(&dst_down.iter().map(|&d| d as u16).collect::<Vec<_>>());
-        let opts = copy::CopyOptions {
-            concurrency: cli.concurrency,
-            buffer_memory: cli.max_buffer_memory,
-            limiter: cli.bwlimit.map(limit::RateLimiter::new),
-            skip_dst: skip_dst
-                .into_iter()
-                .chain(dst_topology.unreachable.iter().map(|&s| usize::from(s)))
-                .collect(),
-            topology: dst_topology,
-        };
-        let shared = Mutex::new(report);
-        let progress = std::sync::Arc::new(progress);
-        let stats = progress.spawn_stats();
-        let outcome = copy::run(&src, &dst, &plan, &opts, &progress, &stop, &shared).await;
-        if let Some(t) = stats {
-            t.abort();
-        }
-        report = shared.into_inner().expect("report lock");
-        progress.finish();
-        match outcome {
-            copy::Stop::Finished => {}
-            copy::Stop::Systematic(msg) => {
-                finish_report(&cli, &mut report, started, copy_started, &progress)?;
-                bail!("stopped early: {msg}");
-            }
-            copy::Stop::Full(msg) => {
-                finish_report(&cli, &mut report, started, copy_started, &progress)?;
-                bail!("stopped: {msg}");
-            }
-        }
-        finish(&cli, &stop, &mut report, started, copy_started, &progress)?;
-        return Ok(report.exit_code());
+        return Ok(None);
     }
-    finish(&cli, &stop, &mut report, started, copy_started, &progress)?;
-    Ok(report.exit_code())
+    if cli.dry_run {
+        return Ok(None);
+    }
+    progress.start_copy(s.to_copy.blocks, s.to_copy.bytes);
+    let skip_dst = job
+        .dst_topology
+        .services_of(&dst_down.iter().map(|&d| d as u16).collect::<Vec<_>>());
+    let opts = copy::CopyOptions {
+        concurrency: cli.concurrency,
+        buffer_memory: cli.max_buffer_memory,
+        limiter: cli.bwlimit.map(limit::RateLimiter::new),
+        skip_dst: skip_dst
+            .into_iter()
+            .chain(job.dst_topology.unreachable.iter().map(|&s| usize::from(s)))
+            .collect(),
+        topology: job.dst_topology.clone(),
+    };
+    let shared = Mutex::new(std::mem::take(report));
+    let stats = progress.spawn_stats();
+    let outcome = copy::run(src, dst, &plan, &opts, progress, job.stop, &shared).await;
+    if let Some(t) = stats {
+        t.abort();
+    }
+    *report = shared.into_inner().expect("report lock");
+    Ok(match outcome {
+        copy::Stop::Finished => None,
+        copy::Stop::Systematic(msg) => Some(format!("stopped early: {msg}")),
+        copy::Stop::Full(msg) => Some(format!("stopped: {msg}")),
+    })
 }
 
 /// Marks an interrupted run's blocks as not attempted, and prints the report.
@@ -391,6 +527,9 @@ fn finish_report(
         println!("{}", report.to_json());
     } else {
         print!("{}", report.render());
+    }
+    if let Some(path) = &cli.report {
+        report::write_file(path, &report.to_json())?;
     }
     Ok(())
 }

@@ -8,6 +8,13 @@ use keep_rsync::cli::{Cli, go_style_args};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("merge-reports")) {
+        let args: Vec<String> = std::env::args_os()
+            .skip(2)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        return ExitCode::from(keep_rsync::merge::main(&args));
+    }
     let cli = match Cli::try_parse_from(go_style_args(std::env::args_os())) {
         Ok(cli) => cli,
         Err(e) => {

@@ -110,7 +110,8 @@ fn reserve_quarter<T>(v: &mut Vec<T>) {
 }
 
 /// Counts and bytes of one group of blocks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Tally {
     /// Number of blocks.
     pub blocks: u64,
@@ -123,6 +124,12 @@ impl Tally {
     pub fn add(&mut self, size: u64) {
         self.blocks += 1;
         self.bytes += size;
+    }
+
+    /// Adds another tally (of disjoint blocks).
+    pub fn absorb(&mut self, o: &Tally) {
+        self.blocks += o.blocks;
+        self.bytes += o.bytes;
     }
 }
 
@@ -335,6 +342,23 @@ impl PlanBuilder {
         }
     }
 
+    /// Heap bytes held so far by the records (capacity, not length): what the plan
+    /// will take, give or take its holder sets, checked against `--max-plan-memory`
+    /// while the indexes stream in.
+    pub fn heap_bytes(&self) -> u64 {
+        let d: usize = self
+            .dst
+            .iter()
+            .map(|b| b.capacity() * size_of::<DstRec>())
+            .sum();
+        let t: usize = self
+            .todo
+            .iter()
+            .map(|b| b.capacity() * size_of::<Todo>())
+            .sum();
+        (d + t + self.offsets.capacity() * 4 + 2 * BUCKETS * size_of::<Vec<u8>>()) as u64
+    }
+
     /// Records that destination device `device` lists `hash+size`.
     pub fn add_dst(&mut self, device: u16, hash: BlockHash, size: u64) {
         debug_assert!(self.offsets.is_empty(), "add_dst after finish_dst");
@@ -472,7 +496,8 @@ impl PlanBuilder {
 }
 
 /// What the indexes said, in numbers.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct PlanStats {
     /// Destination replication level the plan aims for.
     pub replicas: u64,
@@ -511,7 +536,36 @@ pub struct Plan {
     stats: PlanStats,
 }
 
+impl PlanStats {
+    /// Adds the numbers of a plan over other blocks (another pass or shard): the
+    /// hash ranges are disjoint, so every count adds up.
+    pub fn absorb(&mut self, o: &PlanStats) {
+        self.replicas = self.replicas.max(o.replicas);
+        self.src_entries += o.src_entries;
+        self.dst_entries += o.dst_entries;
+        for (a, b) in [
+            (&mut self.src, &o.src),
+            (&mut self.dst, &o.dst),
+            (&mut self.present, &o.present),
+            (&mut self.missing, &o.missing),
+            (&mut self.under_replicated, &o.under_replicated),
+            (&mut self.to_copy, &o.to_copy),
+        ] {
+            a.absorb(b);
+        }
+        for (a, b) in self.by_digit.iter_mut().zip(&o.by_digit) {
+            a.absorb(b);
+        }
+        self.oversize += o.oversize;
+    }
+}
+
 impl Plan {
+    /// Heap bytes any plan holds whatever its blocks: the buckets and their offsets
+    /// (the fixed part of [`Plan::heap_bytes`]).
+    pub const FIXED_HEAP: u64 =
+        (BUCKETS * 257 * 4 + 2 * BUCKETS * std::mem::size_of::<Vec<u8>>()) as u64;
+
     /// The numbers.
     pub fn stats(&self) -> &PlanStats {
         &self.stats
@@ -568,7 +622,8 @@ impl Plan {
             })
     }
 
-    /// Bytes of heap the plan holds (capacity, not length), for the memory budget.
+    /// Bytes of heap the plan holds (capacity, not length): what `--max-plan-memory`
+    /// bounds.
     pub fn heap_bytes(&self) -> usize {
         let d: usize = self
             .dst

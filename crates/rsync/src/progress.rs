@@ -80,7 +80,8 @@ struct CopyState {
 #[derive(Debug)]
 pub struct Progress {
     mode: Mode,
-    bar: Option<ProgressBar>,
+    /// The copy's bar (one per pass), shown in bar mode.
+    bar: Mutex<Option<ProgressBar>>,
     copy: Mutex<CopyState>,
     started: Instant,
     /// `--stats`: a summary line per interval instead of a line per block.
@@ -151,7 +152,7 @@ impl Progress {
     pub fn new(mode: Mode, stats: Option<Duration>) -> Progress {
         Progress {
             mode,
-            bar: None,
+            bar: Mutex::new(None),
             copy: Mutex::new(CopyState {
                 total_blocks: 0,
                 total_bytes: 0,
@@ -170,9 +171,18 @@ impl Progress {
         }
     }
 
+    /// A reporter that shows nothing (for work the operator need not follow).
+    pub fn quiet() -> Progress {
+        Progress::new(Mode::Quiet, None)
+    }
+
     /// The mode in use.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    fn bar(&self) -> Option<ProgressBar> {
+        self.bar.lock().expect("bar lock").clone()
     }
 
     fn json(&self, value: serde_json::Value) {
@@ -183,7 +193,7 @@ impl Progress {
 
     /// Prints `msg` on its own line: above the bar, or with a timestamp in line mode.
     fn line(&self, msg: &str) {
-        match &self.bar {
+        match self.bar() {
             Some(bar) => bar.println(msg),
             None => eprintln!("{} {msg}", utc_now()),
         }
@@ -210,7 +220,9 @@ impl Progress {
     }
 
     /// Copy phase starts: `blocks` blocks of `bytes` bytes in all.
-    pub fn start_copy(&mut self, blocks: u64, bytes: u64) {
+    pub fn start_copy(&self, blocks: u64, bytes: u64) {
+        // A pass after another: the last pass's bar goes.
+        self.finish();
         {
             let mut c = self.copy.lock().expect("progress lock");
             c.total_blocks = blocks;
@@ -231,7 +243,7 @@ impl Progress {
                 .progress_chars("=> "),
             );
             bar.enable_steady_tick(Duration::from_millis(200));
-            self.bar = Some(bar);
+            *self.bar.lock().expect("bar lock") = Some(bar);
         }
         if self.mode == Mode::Json {
             self.json(serde_json::json!({"event": "copy_start", "blocks": blocks, "bytes": bytes}));
@@ -255,7 +267,7 @@ impl Progress {
         match self.mode {
             Mode::Quiet => {}
             Mode::Bar => {
-                if let Some(bar) = &self.bar {
+                if let Some(bar) = self.bar() {
                     bar.set_position(done_bytes);
                     bar.set_message(format!(
                         "{}/{} blocks{}",
@@ -363,7 +375,7 @@ impl Progress {
 
     /// Removes the bar (before the report is printed).
     pub fn finish(&self) {
-        if let Some(bar) = &self.bar {
+        if let Some(bar) = self.bar.lock().expect("bar lock").take() {
             bar.finish_and_clear();
         }
     }

@@ -6,11 +6,12 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cli::exit;
 use crate::plan::{PlanStats, Tally};
 use crate::progress::{fmt_bytes, fmt_duration};
+use crate::shard::Shard;
 
 /// What went wrong with a block: decided once, from the error's type, and read by the
 /// report, the early stop and the failed list alike.
@@ -184,8 +185,26 @@ impl FailedList {
     }
 }
 
+/// Writes `report` to `path` whole or not at all (a temporary file beside it, then
+/// renamed), so a reader never sees half a report.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_file(path: &Path, report: &serde_json::Value) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "report".into());
+    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    std::fs::write(&tmp, format!("{report}\n"))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write the report {}", path.display()))
+}
+
 /// Blocks in flight during a copy (`--concurrency`).
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct ConcurrencyUsed {
     /// `auto` or the fixed number.
     pub setting: String,
@@ -220,12 +239,27 @@ impl std::fmt::Display for ConcurrencyUsed {
 }
 
 /// What the run did.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Report {
     /// "copy", "dry-run" or "verify".
     pub mode: String,
     /// The prefix the run was limited to.
     pub prefix: String,
+    /// `--shard`: which part of the hash space (under `prefix`) this run covered.
+    pub shard: Option<Shard>,
+    /// Passes the run was split into to fit `--max-plan-memory`, and how many ran to
+    /// their end.
+    pub passes: u32,
+    pub passes_done: u32,
+    /// The largest plan held, in bytes (over the passes).
+    pub plan_bytes: u64,
+    /// Why the run stopped before its end (block after block failing the same way,
+    /// a full destination), if it did.
+    pub stopped: Option<String>,
+    /// The error that ended the run before any report could be made, if one did
+    /// (only in a `--report` file).
+    pub fatal: Option<String>,
     /// `--from-list`: the file whose locators were copied instead of the source's
     /// indexes.
     pub from_list: Option<String>,
@@ -304,7 +338,9 @@ impl Report {
 
     /// The exit code this report calls for.
     pub fn exit_code(&self) -> u8 {
-        if self.interrupted {
+        if self.fatal.is_some() || self.stopped.is_some() {
+            exit::FATAL
+        } else if self.interrupted {
             exit::INTERRUPTED
         } else if self.failed.blocks > 0 || !self.unreachable_services.is_empty() {
             exit::SOME_FAILED
@@ -330,6 +366,18 @@ impl Report {
                 format!(" (prefix {})", self.prefix)
             }
         );
+        if let Some(shard) = &self.shard {
+            let _ = writeln!(s, "  shard:               {shard}");
+        }
+        if self.passes > 1 {
+            let _ = writeln!(
+                s,
+                "  passes:              {} of {} (to fit --max-plan-memory; largest plan {})",
+                self.passes_done,
+                self.passes,
+                fmt_bytes(self.plan_bytes)
+            );
+        }
         let _ = writeln!(
             s,
             "  source lists:        {} in {} index lines",

@@ -38,19 +38,41 @@ enum Msg {
 pub struct Planner {
     tx: mpsc::SyncSender<Msg>,
     thread: JoinHandle<PlanBuilder>,
+    /// Set once the plan outgrew its budget: the scan stops, and the run is split
+    /// into passes.
+    over: tokio::sync::watch::Receiver<bool>,
 }
+
+/// The plan outgrew `--max-plan-memory` while the indexes were read: the run must
+/// be split into passes ([`crate::passes`]).
+#[derive(Debug)]
+pub struct OverBudget;
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the plan outgrew --max-plan-memory")
+    }
+}
+
+impl std::error::Error for OverBudget {}
 
 impl Planner {
     /// Starts the thread.
     ///
     /// # Errors
     /// The operating system refused a thread.
-    pub fn start(mut builder: PlanBuilder) -> Result<Planner> {
+    pub fn start(mut builder: PlanBuilder, budget: u64) -> Result<Planner> {
         let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
+        let (over_tx, over) = tokio::sync::watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("planner".into())
             .spawn(move || {
                 for msg in rx {
+                    if *over_tx.borrow() {
+                        // Over budget: drain, so that no reader waits on the queue.
+                        continue;
+                    }
+                    let grows = matches!(msg, Msg::Dst(..) | Msg::Src(_));
                     match msg {
                         Msg::Dst(device, batch) => {
                             for e in batch {
@@ -65,11 +87,23 @@ impl Planner {
                         }
                         Msg::FinishDst => builder.finish_dst(),
                     }
+                    if grows && builder.heap_bytes() > budget {
+                        let _ = over_tx.send(true);
+                    }
                 }
                 builder
             })
             .context("cannot start the planner thread")?;
-        Ok(Planner { tx, thread })
+        Ok(Planner { tx, thread, over })
+    }
+
+    /// Resolves once the plan outgrows its budget (never, if it fits).
+    async fn outgrown(&self) {
+        let mut rx = self.over.clone();
+        if rx.wait_for(|v| *v).await.is_err() {
+            // The planner thread ended without outgrowing it: wait forever.
+            std::future::pending::<()>().await;
+        }
     }
 
     fn send(&self, msg: Msg) {
@@ -120,21 +154,39 @@ impl Planner {
     /// Waits for every queued entry, and returns the plan.
     ///
     /// # Errors
-    /// The planner thread panicked.
+    /// The planner thread panicked, or the plan outgrew its budget ([`OverBudget`]).
     pub fn finish(self) -> Result<Plan> {
         drop(self.tx);
         let builder = self
             .thread
             .join()
             .map_err(|_| anyhow::anyhow!("the planner thread panicked"))?;
+        // Checked after the last queued batch: the readers may have finished first.
+        if *self.over.borrow() {
+            return Err(anyhow::Error::new(OverBudget));
+        }
         Ok(builder.finish())
     }
 }
 
-/// Lists device `d` of `topology` through the services that mount it, in order,
-/// until one answers: its volume (`/mounts/{uuid}/blocks`) when the topology knows
-/// volumes, else the whole service (`/index`).
+/// Lists device `d` of `topology`, one prefix after another, each through the
+/// services that mount it, in order, until one answers: its volume
+/// (`/mounts/{uuid}/blocks`) when the topology knows volumes, else the whole service
+/// (`/index`).
 async fn list_device(
+    cluster: &Cluster,
+    topology: &Topology,
+    d: usize,
+    prefixes: &[String],
+    on_entry: &mut (impl FnMut(IndexEntry) + Send),
+) -> keep_client::Result<()> {
+    for prefix in prefixes {
+        list_device_prefix(cluster, topology, d, prefix, on_entry).await?;
+    }
+    Ok(())
+}
+
+async fn list_device_prefix(
     cluster: &Cluster,
     topology: &Topology,
     d: usize,
@@ -169,7 +221,7 @@ async fn list_device(
     Err(last.expect("a device is mounted by at least one service"))
 }
 
-/// Reads every device index of `cluster` (restricted to `prefix`) into `planner`:
+/// Reads every device index of `cluster` (restricted to `prefixes`) into `planner`:
 /// destination entries with the device number, source entries without.
 ///
 /// An index that breaks part-way (cut short, or its connection broken) is read again
@@ -188,7 +240,7 @@ async fn list_device(
 pub async fn scan(
     cluster: &Cluster,
     topology: &Topology,
-    prefix: &str,
+    prefixes: &[String],
     planner: &Planner,
     progress: &Progress,
 ) -> Result<Vec<usize>> {
@@ -217,14 +269,20 @@ pub async fn scan(
             for attempt in 1..=INDEX_ATTEMPTS {
                 let mut batch: Vec<IndexEntry> = Vec::with_capacity(BATCH);
                 let mut delivered = 0u64;
-                let got = list_device(cluster, topology, d, prefix, &mut |e| {
+                let mut on_entry = |e| {
                     delivered += 1;
                     batch.push(e);
                     if batch.len() >= BATCH {
                         flush(&mut batch);
                     }
-                })
-                .await;
+                };
+                let listing = list_device(cluster, topology, d, prefixes, &mut on_entry);
+                // An oversized plan stops every listing at once (the requests are
+                // dropped), to be read again in passes.
+                let got = tokio::select! {
+                    got = listing => got,
+                    () = planner.outgrown() => return Err(anyhow::Error::new(OverBudget)),
+                };
                 match got {
                     Ok(()) => {
                         flush(&mut batch);
