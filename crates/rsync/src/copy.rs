@@ -19,7 +19,7 @@ use crate::progress::Progress;
 use crate::report::{ConcurrencyUsed, Failure, FailureKind, Report};
 use crate::schedule::{Scheduler, Touch};
 use crate::topology::Topology;
-use crate::tune::{AUTO_MAX, AUTO_START, BLOCK_WEIGHT, Concurrency, Tuner};
+use crate::tune::{AUTO_MAX, BLOCK_WEIGHT, Concurrency, Tuner, auto_start};
 
 /// Blocks larger than this are relayed from the source to the destination uploads as
 /// they arrive, never held whole: memory no longer grows with block size × blocks in
@@ -373,10 +373,16 @@ pub async fn run(
         replicas,
     );
     let mut tuner = match opts.concurrency {
-        Concurrency::Auto => Some(Tuner::new(AUTO_START, AUTO_MAX)),
+        Concurrency::Auto => {
+            let t = plan.stats().to_copy;
+            let start = auto_start(t.bytes / t.blocks.max(1));
+            Some(Tuner::new(start, AUTO_MAX))
+        }
         Concurrency::Fixed(_) => None,
     };
-    let mut limit = opts.concurrency.start();
+    let mut limit = tuner
+        .as_ref()
+        .map_or(opts.concurrency.start(), Tuner::limit);
     let began = Instant::now();
     // A typical block's copy time (moving average), for the tuner's windows.
     let mut block_time = Duration::from_millis(100);

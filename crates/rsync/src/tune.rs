@@ -15,10 +15,24 @@
 
 use std::time::Duration;
 
-/// Where `auto` starts: high enough that a WAN run does not spend its first seconds
-/// ramping up (from 64, S6 took 11% longer than a fixed 256; from 128, 2.5%), and a
-/// LAN that wants fewer comes down in a few windows (BENCHMARKS.md, S1-S7).
+/// Where `auto` starts for small blocks: high enough that a WAN run does not spend
+/// its first seconds ramping up (from 64, S6 took 11% longer than a fixed 256; from
+/// 128, 2.5%), and a LAN that wants fewer comes down in a few windows.
 pub const AUTO_START: usize = 128;
+/// Block data `auto` starts with in flight: larger blocks start fewer at once. On a
+/// LAN, 128 blocks of 1 MiB took 1.6x as long as 64, and 16 of 64 MiB at once 1.3x
+/// as long as one at a time (real keepstores take a 64 MiB buffer per request);
+/// more is tried as soon as it pays.
+pub const AUTO_START_BYTES: u64 = 64 << 20;
+
+/// Where `auto` starts for blocks of `mean_size` bytes on average: [`AUTO_START`],
+/// or fewer so that about [`AUTO_START_BYTES`] are in flight, but at least 2.
+pub fn auto_start(mean_size: u64) -> usize {
+    let by_bytes = AUTO_START_BYTES / mean_size.max(1);
+    usize::try_from(by_bytes)
+        .unwrap_or(usize::MAX)
+        .clamp(2, AUTO_START)
+}
 /// The most blocks `auto` keeps in flight.
 pub const AUTO_MAX: usize = 256;
 /// What a completed block counts for, beside its bytes, in the throughput measured:
@@ -28,7 +42,7 @@ pub const BLOCK_WEIGHT: u64 = 64 << 10;
 /// `--concurrency`: `auto` or a fixed number of blocks in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Concurrency {
-    /// Tuned while running, from [`AUTO_START`], at most [`AUTO_MAX`].
+    /// Tuned while running, from [`auto_start`], at most [`AUTO_MAX`].
     Auto,
     /// Exactly this many.
     Fixed(usize),
@@ -357,6 +371,15 @@ mod tests {
         assert!(t.range().0 <= 40, "range {:?}", t.range());
         let best = 200.0 * 1e5 * 20.0;
         assert!(late >= 0.9 * best, "{:.2} of the best", late / best);
+    }
+
+    #[test]
+    fn larger_blocks_start_fewer() {
+        assert_eq!(auto_start(4 << 10), AUTO_START);
+        assert_eq!(auto_start(1 << 20), 64);
+        assert_eq!(auto_start(8 << 20), 8);
+        assert_eq!(auto_start(64 << 20), 2);
+        assert_eq!(auto_start(0), AUTO_START);
     }
 
     #[test]
