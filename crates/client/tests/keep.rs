@@ -15,7 +15,7 @@ use crate::mock::{Gauge, MockServer, Reply, keepstore, servers};
 const TOKEN: &str = "v2/zzzzz-gj3su-077z32aux8dg2s1/testtokensecret0123456789abcdefghijklmnopq";
 const KEY: &str = "testsigningkey0123456789abcdefghijklmnopqrstuvwxyz";
 
-fn options() -> ClientOptions {
+pub(crate) fn options() -> ClientOptions {
     ClientOptions {
         retry: RetryConfig {
             retries: 2,

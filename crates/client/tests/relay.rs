@@ -7,27 +7,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use keep_client::services::parse_keep_services_json;
 use keep_client::{
-    BackoffConfig, BlockHash, ClientOptions, CopyError, Error, KeepClient, Locator, RetryConfig,
-    Token, WriteTarget,
+    BlockHash, ClientOptions, CopyError, Error, KeepClient, Locator, Token, WriteTarget,
 };
 use keep_testcluster::TestCluster;
 
 /// Big enough that the relay moves many pieces, small enough for a quick test.
 const SIZE: usize = 12 << 20;
 
+/// The scripted-server tests' options, with a short stall timeout.
 fn options() -> ClientOptions {
     ClientOptions {
-        retry: RetryConfig {
-            retries: 2,
-            backoff: BackoffConfig {
-                initial: Duration::from_millis(1),
-                max: Duration::from_millis(5),
-                base: 2.0,
-            },
-            seed: Some(1),
-        },
         stall_timeout: Duration::from_secs(2),
-        ..ClientOptions::default()
+        ..crate::keep::options()
     }
 }
 

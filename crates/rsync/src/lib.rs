@@ -111,14 +111,7 @@ fn validate(cli: &Cli) -> Result<()> {
 pub async fn run(cli: Cli) -> u8 {
     let report_path = cli.report.clone();
     let fatal_report = Report {
-        mode: if cli.dry_run {
-            "dry-run"
-        } else if cli.verify {
-            "verify"
-        } else {
-            "copy"
-        }
-        .into(),
+        mode: mode_name(&cli).into(),
         prefix: cli.prefix.clone(),
         shard: match cli.shard {
             Some(shard::ShardArg::Given(s)) => Some(s),
@@ -287,14 +280,7 @@ async fn run_inner(cli: Cli) -> Result<u8> {
     // the run starts again as passes.
     let mut passes = vec![shard.prefixes(&cli.prefix)];
     let mut report = Report {
-        mode: if cli.dry_run {
-            "dry-run"
-        } else if cli.verify {
-            "verify"
-        } else {
-            "copy"
-        }
-        .into(),
+        mode: mode_name(&cli).into(),
         prefix: cli.prefix.clone(),
         shard: (shard != shard::Shard::ALL).then_some(shard),
         passes: passes.len() as u32,
@@ -490,6 +476,17 @@ async fn run_pass(
         copy::Stop::Systematic(msg) => Some(format!("stopped early: {msg}")),
         copy::Stop::Full(msg) => Some(format!("stopped: {msg}")),
     })
+}
+
+/// The report's name for what the run does.
+fn mode_name(cli: &Cli) -> &'static str {
+    if cli.dry_run {
+        "dry-run"
+    } else if cli.verify {
+        "verify"
+    } else {
+        "copy"
+    }
 }
 
 /// Marks an interrupted run's blocks as not attempted, and prints the report.

@@ -346,17 +346,7 @@ impl PlanBuilder {
     /// will take, give or take its holder sets, checked against `--max-plan-memory`
     /// while the indexes stream in.
     pub fn heap_bytes(&self) -> u64 {
-        let d: usize = self
-            .dst
-            .iter()
-            .map(|b| b.capacity() * size_of::<DstRec>())
-            .sum();
-        let t: usize = self
-            .todo
-            .iter()
-            .map(|b| b.capacity() * size_of::<Todo>())
-            .sum();
-        (d + t + self.offsets.capacity() * 4 + 2 * BUCKETS * size_of::<Vec<u8>>()) as u64
+        records_heap(&self.dst, &self.todo, &self.offsets) as u64
     }
 
     /// Records that destination device `device` lists `hash+size`.
@@ -625,19 +615,16 @@ impl Plan {
     /// Bytes of heap the plan holds (capacity, not length): what `--max-plan-memory`
     /// bounds.
     pub fn heap_bytes(&self) -> usize {
-        let d: usize = self
-            .dst
-            .iter()
-            .map(|b| b.capacity() * size_of::<DstRec>())
-            .sum();
-        let t: usize = self
-            .todo
-            .iter()
-            .map(|b| b.capacity() * size_of::<Todo>())
-            .sum();
         let s: usize = self.sets.iter().map(|s| s.len() * 2 + 16).sum();
-        d + t + s + self.offsets.len() * 4 + 2 * BUCKETS * size_of::<Vec<u8>>()
+        records_heap(&self.dst, &self.todo, &self.offsets) + s
     }
+}
+
+/// Heap bytes of a plan's records (capacity, not length) and bucket vectors.
+fn records_heap(dst: &[Vec<DstRec>], todo: &[Vec<Todo>], offsets: &[u32]) -> usize {
+    let d: usize = dst.iter().map(|b| b.capacity() * size_of::<DstRec>()).sum();
+    let t: usize = todo.iter().map(|b| b.capacity() * size_of::<Todo>()).sum();
+    d + t + offsets.len() * 4 + 2 * BUCKETS * size_of::<Vec<u8>>()
 }
 
 #[cfg(test)]

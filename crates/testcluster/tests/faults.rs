@@ -9,6 +9,16 @@ use crate::util::{get_as, http, sb};
 
 const FOO: &str = "acbd18db4cc2f85cedef654fccc4a4d8";
 
+/// A cluster of one keepstore that does not check permission signatures.
+async fn one_keepstore() -> TestCluster {
+    TestCluster::builder()
+        .keepstores(1)
+        .blob_signing(false)
+        .start()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn burst_rate_method_latency() {
     let c = TestCluster::builder()
@@ -148,12 +158,7 @@ async fn burst_rate_method_latency() {
 /// direction, as on a real network (per request, N uploads would get N times the rate).
 #[tokio::test]
 async fn bandwidth_is_shared_by_concurrent_requests() {
-    let c = TestCluster::builder()
-        .keepstores(1)
-        .blob_signing(false)
-        .start()
-        .await
-        .unwrap();
+    let c = one_keepstore().await;
     let url = c.keepstores()[0].url.clone();
     let blocks: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 500]).collect();
     let f = c.faults("keepstore0").unwrap();
@@ -191,12 +196,7 @@ async fn bandwidth_is_shared_by_concurrent_requests() {
 
 #[tokio::test]
 async fn max_concurrent_and_stop_start() {
-    let c = TestCluster::builder()
-        .keepstores(1)
-        .blob_signing(false)
-        .start()
-        .await
-        .unwrap();
+    let c = one_keepstore().await;
     let url = c.keepstores()[0].url.clone();
     let f = c.faults(&c.keepstores()[0].uuid).unwrap();
     f.set_max_concurrent(Some(1));

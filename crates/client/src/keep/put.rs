@@ -386,6 +386,25 @@ impl KeepClient {
         classes: String,
         reqid: &str,
     ) -> Result<Stored> {
+        let size = data.len() as u64;
+        let body = |progress| upload_body(data, progress);
+        self.put_body(svc, locator, size, body, replicas, classes, reqid)
+            .await
+    }
+
+    /// One PUT of `size` bytes whose body `body` makes (told of the transfer's
+    /// progress, for the stall watch): a whole block, or a relay's channel.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn put_body(
+        &self,
+        svc: &KeepService,
+        locator: &Locator,
+        size: u64,
+        body: impl FnOnce(Arc<Progress>) -> reqwest::Body,
+        replicas: usize,
+        classes: String,
+        reqid: &str,
+    ) -> Result<Stored> {
         // Writes send only the 32-hex hash (§8.3).
         let url = format!("{}/{}", svc.url, locator.hash());
         let mut req = self
@@ -393,13 +412,13 @@ impl KeepClient {
             .header(CONTENT_TYPE, "application/octet-stream")
             // Explicit, so that an empty body still says `Content-Length: 0`: 2.x
             // keepstores and keepproxy answer 411 without it (§5.4, §6.4).
-            .header(CONTENT_LENGTH, data.len())
+            .header(CONTENT_LENGTH, size)
             .header("X-Keep-Desired-Replicas", replicas);
         if !classes.is_empty() {
             req = req.header("X-Keep-Storage-Classes", classes);
         }
         let progress = Progress::new();
-        let body = upload_body(data, Arc::clone(&progress));
+        let body = body(Arc::clone(&progress));
         let put = async {
             let resp = req
                 .body(body)

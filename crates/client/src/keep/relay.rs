@@ -15,12 +15,9 @@
 //!   ([`Error::ContentRejected`]), and the caller can read it again with its own
 //!   check, which fails over to a good replica.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use tokio::sync::mpsc;
 
 use super::put::WriteState;
@@ -28,7 +25,6 @@ use super::{KeepClient, PutResult, WriteTarget, body_error, read_error, request_
 use crate::error::{Error, Result};
 use crate::locator::Locator;
 use crate::stall::{Progress, channel_body, stalled, watch};
-use crate::tls::transport_error;
 
 /// Pieces of the source body buffered per upload: the slowest upload paces the copy.
 const PIECES: usize = 8;
@@ -186,7 +182,8 @@ impl KeepClient {
                 senders.push(Some(tx));
                 let svc = &dst.services[i];
                 let classes = state.classes_header();
-                let fut = dst.put_streamed(svc, &unsigned, rx, target.desired, classes, &reqid);
+                let body = |progress| channel_body(rx, progress);
+                let fut = dst.put_body(svc, &unsigned, size, body, target.desired, classes, &reqid);
                 uploads.push(async move { (i, fut.await) });
             }
             // Relay the body while the uploads run.
@@ -296,39 +293,5 @@ impl KeepClient {
                 .await;
         }
         Err(failed)
-    }
-
-    /// One upload whose body arrives through `rx` (a relay), `Content-Length` known.
-    async fn put_streamed(
-        &self,
-        svc: &crate::KeepService,
-        locator: &Locator,
-        rx: mpsc::Receiver<std::io::Result<Bytes>>,
-        replicas: usize,
-        classes: String,
-        reqid: &str,
-    ) -> Result<super::put::Stored> {
-        let size = locator.size().unwrap_or(0);
-        let url = format!("{}/{}", svc.url, locator.hash());
-        let mut req = self
-            .request(reqwest::Method::PUT, &url, reqid)
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header(CONTENT_LENGTH, size)
-            .header("X-Keep-Desired-Replicas", replicas);
-        if !classes.is_empty() {
-            req = req.header("X-Keep-Storage-Classes", classes);
-        }
-        let progress = Progress::new();
-        let body = channel_body(rx, Arc::clone(&progress));
-        let put = async {
-            let resp = req
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| transport_error(&svc.uuid, e, false))?;
-            progress.touch();
-            self.put_answer(svc, locator, resp).await
-        };
-        watch(put, &progress, self.options.stall_timeout, &svc.uuid).await
     }
 }
