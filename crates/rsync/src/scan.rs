@@ -44,7 +44,7 @@ pub struct Planner {
 }
 
 /// The plan outgrew `--max-plan-memory` while the indexes were read: the run must
-/// be split into passes ([`crate::passes`]).
+/// be split into passes.
 #[derive(Debug)]
 pub struct OverBudget;
 
