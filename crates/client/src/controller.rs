@@ -42,11 +42,11 @@ pub struct ClusterConfig {
 /// A client for one cluster's controller.
 #[derive(Debug, Clone)]
 pub struct Controller {
-    host: String,
-    token: Option<Token>,
-    http: reqwest::Client,
-    retry: RetryConfig,
-    timeout: std::time::Duration,
+    pub(crate) host: String,
+    pub(crate) token: Option<Token>,
+    pub(crate) http: reqwest::Client,
+    pub(crate) retry: RetryConfig,
+    pub(crate) timeout: std::time::Duration,
 }
 
 impl Controller {
@@ -333,7 +333,7 @@ fn json_type(v: &Value) -> &'static str {
 }
 
 /// The text of an API error body `{"errors":[...]}` (§7.6), or the sanitized body.
-fn api_error_text(body: &[u8], secret: Option<&str>) -> String {
+pub(crate) fn api_error_text(body: &[u8], secret: Option<&str>) -> String {
     let text = String::from_utf8_lossy(body);
     let msg = serde_json::from_str::<Value>(&text)
         .ok()

@@ -52,11 +52,13 @@
 //! signature.
 #![warn(missing_docs)]
 
+pub mod collections;
 pub mod controller;
 pub mod error;
 pub mod index;
 pub mod keep;
 pub mod locator;
+pub mod manifest;
 pub mod rendezvous;
 pub mod retry;
 pub mod services;
@@ -65,6 +67,7 @@ pub mod signing;
 mod stall;
 pub mod tls;
 
+pub use collections::CollectionDemand;
 pub use controller::{ClusterConfig, Controller, Discovery};
 pub use error::{Error, Result, ServiceFailure};
 pub use index::{IndexEntry, IndexError, IndexParser};
@@ -72,6 +75,7 @@ pub use keep::{
     ClientOptions, ClusterInfo, CopyError, IndexStats, KeepClient, PutResult, Traffic, WriteTarget,
 };
 pub use locator::{BlockHash, Locator, LocatorError, MAX_BLOCK_SIZE};
+pub use manifest::BlockRef;
 pub use retry::{Backoff, BackoffConfig, RetryConfig};
 pub use services::{KeepService, Mount, ServiceType};
 pub use settings::ClusterSettings;
