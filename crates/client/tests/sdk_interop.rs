@@ -462,3 +462,183 @@ async fn sdk_and_keep_client_exchange_blocks_via_keepproxy() {
     .expect("the keepproxy interop test took over 60 s");
     eprintln!("sdk_interop: via keepproxy in {:.2?}", started.elapsed());
 }
+
+/// Runs a CLI of the venv (`arv-put`, `arv-get`) with the peer's environment, bounded
+/// by [`SCRIPT_TIMEOUT`]; returns its stdout. Panics, with redacted stderr, on failure.
+fn run_cli_blocking(peer: &Peer, program: &str, args: &[&str]) -> Vec<u8> {
+    let bin = peer
+        .python
+        .parent()
+        .expect("the venv's bin directory")
+        .join(program);
+    let out_path = peer.home.join(format!("{program}.out"));
+    let err_path = peer.home.join(format!("{program}.err"));
+    let mut cmd = Command::new(&bin);
+    cmd.args(args)
+        .env_clear()
+        .env("HOME", &peer.home)
+        .env("XDG_CONFIG_HOME", peer.home.join("config"))
+        .env("XDG_CACHE_HOME", peer.home.join("cache"))
+        .envs(peer.env.iter().map(|(k, v)| (*k, v)))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("create stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("create stderr file"));
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for the CLI") {
+            break Some(st);
+        }
+        if started.elapsed() > SCRIPT_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{program} {args:?} failed ({}, {:.1?}):\n{}",
+        status.map_or_else(|| "killed: too slow".to_owned(), |s| s.to_string()),
+        started.elapsed(),
+        redact(&stderr, &peer.secrets)
+    );
+    eprintln!("sdk_interop: {program}: {:.2?}", started.elapsed());
+    std::fs::read(&out_path).expect("read the CLI's stdout")
+}
+
+async fn run_cli(peer: &Peer, program: &'static str, args: Vec<String>) -> Vec<u8> {
+    let peer = peer.clone();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_cli_blocking(&peer, program, &args)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// The SDK's collection mode against keep-testcluster's collections API: `arv-put`
+/// (no `--raw`) saves a collection (the cluster checks the SDK's signatures: a user
+/// token is not exempt), `arv-get uuid/file` reads the file back, the SDK's
+/// `collections().list(...)`/`.get()` (every list parameter keep-rsync's
+/// `--by-collections` uses) find it with the file's block, and keep-client reads
+/// that block with the signed locator the API handed the SDK. Expected values come
+/// from the file's bytes (md5, length) and the SDK's own output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Python SDK venv (scripts/python-venv); scripts/test runs it"]
+async fn sdk_and_keep_client_share_a_collection_via_the_api() {
+    let python = sdk_python();
+    let started = Instant::now();
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let c = TestCluster::builder().keepstores(3).start().await.unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let peer = Peer::new(
+            python,
+            tmp.path(),
+            vec![
+                ("ARVADOS_API_HOST", c.api_host()),
+                ("ARVADOS_API_TOKEN", c.user_token().to_owned()),
+                ("ARVADOS_API_HOST_INSECURE", "1".to_owned()),
+            ],
+        );
+        let data = block_data(9, 0, 300_000);
+        let file = tmp.path().join("payload.bin");
+        std::fs::write(&file, &data).unwrap();
+        let expected = Locator::of(&data).unsigned();
+
+        // arv-put: a collection UUID on stdout.
+        let out = run_cli(
+            &peer,
+            "arv-put",
+            vec![
+                "--no-cache".into(),
+                "--retries".into(),
+                "0".into(),
+                file.display().to_string(),
+            ],
+        )
+        .await;
+        let uuid = String::from_utf8(out).unwrap().trim().to_owned();
+        assert!(
+            uuid.len() == 27 && uuid.starts_with(&format!("{}-4zz18-", c.cluster_id())),
+            "arv-put printed {uuid:?}, not a collection UUID"
+        );
+
+        // arv-get uuid/file: the same bytes.
+        let got = run_cli(
+            &peer,
+            "arv-get",
+            vec![
+                "--retries".into(),
+                "0".into(),
+                format!("{uuid}/payload.bin"),
+                "-".into(),
+            ],
+        )
+        .await;
+        assert!(
+            got == data,
+            "arv-get returned {} bytes, md5 {}; want {expected}",
+            got.len(),
+            BlockHash::of(&got)
+        );
+
+        // The SDK lists and gets it.
+        let lines = peer.run("collections", 0, &[], uuid.clone() + "\n").await;
+        assert_eq!(lines.len(), 1, "one JSON line");
+        let v: serde_json::Value = serde_json::from_str(&lines[0]).expect("JSON from the SDK");
+        let items = v["list"]["items"].as_array().expect("items");
+        assert_eq!(items.len(), 1, "the SDK's list found the collection once");
+        assert!(
+            v["list"].get("items_available").is_none(),
+            "count=none leaves items_available out"
+        );
+        let item = &items[0];
+        assert_eq!(item["uuid"], uuid);
+        assert_eq!(item["current_version_uuid"], uuid);
+        assert_eq!(item["version"], 1);
+        assert_eq!(item["is_trashed"], false);
+        let manifest = item["manifest_text"]
+            .as_str()
+            .expect("manifest_text selected");
+        let words: Vec<&str> = manifest.split_whitespace().collect();
+        assert_eq!(words.len(), 3, "one stream, one block, one file");
+        assert_eq!(words[0], ".");
+        let block = Locator::parse_strict(words[1]).expect("the block locator parses");
+        assert_eq!(block.unsigned(), expected, "the file's md5+size");
+        assert!(block.is_signed(), "the API signs manifests");
+        assert_eq!(words[2], format!("0:{}:payload.bin", data.len()));
+        // The PDH: md5 of the manifest with the signature stripped, and its length.
+        let portable = format!(". {expected} 0:{}:payload.bin\n", data.len());
+        let pdh = format!("{:x}+{}", Md5::digest(portable.as_bytes()), portable.len());
+        assert_eq!(item["portable_data_hash"], pdh);
+        assert_eq!(v["get"]["portable_data_hash"], pdh);
+        assert_eq!(v["get"]["uuid"], uuid);
+
+        // keep-client reads the block with the locator the API signed for the token.
+        let settings = ClusterSettings {
+            api_host: Some(c.api_host()),
+            api_token: Some(Token::new(c.user_token())),
+            insecure: true,
+            ..ClusterSettings::default()
+        };
+        let (kc, _) = KeepClient::from_settings(&settings, options(), None)
+            .await
+            .unwrap();
+        let bytes = kc
+            .get(&block)
+            .await
+            .unwrap_or_else(|e| panic!("keep-client get of {expected}: {e}"));
+        assert!(bytes == data, "keep-client read other bytes for {expected}");
+        c.shutdown().await;
+    })
+    .await
+    .expect("the collections interop test took over 60 s");
+    eprintln!("sdk_interop: collections in {:.2?}", started.elapsed());
+}

@@ -8,6 +8,11 @@
     sdk_peer.py get SEED SIZE...   reads one signed locator a line from stdin and
                                    KeepClient.get()s each; the bytes must equal
                                    block_data(SEED, i, SIZE_i); prints "md5+size" a line
+    sdk_peer.py collections 0      reads one collection UUID from stdin; lists it with
+                                   api.collections().list(filters, select, order,
+                                   include_trash, include_old_versions, limit,
+                                   count="none") and gets it with .get(); prints
+                                   {"list": ..., "get": ...} as one JSON line
 
 Configuration comes from the environment, as for the SDK's CLIs: ARVADOS_API_HOST,
 ARVADOS_API_TOKEN, ARVADOS_API_HOST_INSECURE, or ARVADOS_KEEP_SERVICES (then no API
@@ -15,6 +20,7 @@ is used). Signed locators are secrets: they go to stdout only, and failures are
 reported on stderr with any "+A<signature>" hint redacted. Exits 1 on any failure.
 """
 import hashlib
+import json
 import os
 import re
 import struct
@@ -68,6 +74,21 @@ def main():
                     i, loc.split("+A")[0], len(got), hashlib.md5(got).hexdigest(),
                     len(want), hashlib.md5(want).hexdigest()))
             print("%s+%d" % (hashlib.md5(got).hexdigest(), len(got)), flush=True)
+    elif mode == "collections":
+        uuid = sys.stdin.read().strip()
+        api = arvados.api("v1", num_retries=RETRIES)
+        listed = api.collections().list(
+            filters=[["uuid", "=", uuid]],
+            select=["uuid", "manifest_text", "portable_data_hash", "current_version_uuid",
+                    "version", "is_trashed", "name"],
+            include_trash=True,
+            include_old_versions=True,
+            order=["uuid asc"],
+            limit=10,
+            count="none",
+        ).execute(num_retries=RETRIES)
+        got = api.collections().get(uuid=uuid).execute(num_retries=RETRIES)
+        print(json.dumps({"list": listed, "get": got}), flush=True)
     else:
         raise SystemExit("unknown mode %r" % mode)
 

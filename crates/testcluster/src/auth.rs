@@ -30,7 +30,8 @@ pub(crate) fn query_value(query: Option<&str>, name: &str) -> Option<String> {
     query_param(query, name).into_iter().next()
 }
 
-fn percent_decode(s: &str) -> String {
+/// `%XX` escapes and `+` (as a space) decoded.
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -18,6 +18,9 @@
 //! - [`TestCluster`]: this file; [`Builder`]: `builder.rs`.
 //! - `server`: hyper accept loop, stop/start, fault + log middleware.
 //! - `keepstore`, `volume`, `proxy`, `controller`: the services.
+//! - `collections` (store, filters, order, select), `manifest`, `signature` (the
+//!   API server's own blob signing, independent of keep-client), `rfc3339`: the
+//!   controller's collections API.
 //! - [`faults`]: fault injection; `reqlog`: the request log.
 //! - [`upstream`]: real Arvados keepstores (upstream binaries) as a cluster.
 
@@ -29,13 +32,17 @@
 mod admin;
 mod auth;
 mod builder;
+mod collections;
 mod config;
 mod controller;
 pub mod faults;
 mod keepstore;
+mod manifest;
 mod proxy;
 mod reqlog;
+mod rfc3339;
 mod server;
+mod signature;
 pub mod upstream;
 mod volume;
 
@@ -451,6 +458,7 @@ impl TestCluster {
             cfg: Arc::clone(&cfg),
             api_host: api_host.clone(),
             services: entries,
+            collections: collections::Store::new(controller::collections_policy(&cfg)),
         });
         let faults = Arc::new(faults::Faults::new(seed_for(fault_seed, "controller")));
         let (controller, cl) = Service::from_listener(
@@ -855,6 +863,129 @@ impl TestCluster {
             any |= v.corrupt(hash).await;
         }
         any
+    }
+
+    /// Ages (or rejuvenates) a stored block: sets the mtime that keepstore `i`'s
+    /// `/index` and `/mounts/{uuid}/blocks` report for `hash`, on every volume of it
+    /// that holds the block (a file's mtime on directory volumes, the stored time on
+    /// memory volumes; synthetic volumes cannot). True if any copy was changed.
+    pub async fn set_block_mtime(
+        &self,
+        keepstore: usize,
+        hash: &BlockHash,
+        mtime: std::time::SystemTime,
+    ) -> bool {
+        let Ok(ks) = self.keepstore(keepstore) else {
+            return false;
+        };
+        let mut any = false;
+        for v in &ks.volumes {
+            any |= v.set_mtime(hash, mtime).await;
+        }
+        any
+    }
+
+    /// One request to the controller's collections API as the SystemRootToken, through
+    /// the same handler, fault injection and request log as a client's request
+    /// (in-process: no TCP or TLS). The JSON answer, or an error with the status and
+    /// body.
+    async fn collections_request(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        use http_body_util::BodyExt as _;
+        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = http::Request::builder()
+            .method(method.clone())
+            .uri(format!("https://{}{path}", self.api_host()))
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.cfg.system_root_token),
+            )
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(server::full(bytes))?;
+        let resp = self.controller.call(req).await;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("{method} {path}: reading the answer: {e}"))?
+            .to_bytes();
+        anyhow::ensure!(
+            status.is_success(),
+            "{method} {path}: {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        serde_json::from_slice(&body).with_context(|| format!("{method} {path}: not JSON"))
+    }
+
+    /// Creates a collection through `POST /arvados/v1/collections` with the
+    /// SystemRootToken (an admin: signatures in `manifest_text` are not required, as
+    /// on a real API server). `attrs` are the collection's attributes (e.g.
+    /// `{"name": …, "manifest_text": …}`). Returns the record, its manifest signed for
+    /// the SystemRootToken.
+    ///
+    /// # Errors
+    /// The API refused (the error carries its status and JSON), or the controller
+    /// could not be reached.
+    pub async fn create_collection(
+        &self,
+        attrs: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.collections_request(
+            http::Method::POST,
+            "/arvados/v1/collections",
+            Some(&json!({ "collection": attrs })),
+        )
+        .await
+    }
+
+    /// Updates a collection through `PUT /arvados/v1/collections/{uuid}` (a changed
+    /// manifest, name or properties saves the previous state as a past version).
+    ///
+    /// # Errors
+    /// As [`TestCluster::create_collection`].
+    pub async fn update_collection(
+        &self,
+        uuid: &str,
+        attrs: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.collections_request(
+            http::Method::PUT,
+            &format!("/arvados/v1/collections/{uuid}"),
+            Some(&json!({ "collection": attrs })),
+        )
+        .await
+    }
+
+    /// Trashes a collection through `POST /arvados/v1/collections/{uuid}/trash`.
+    ///
+    /// # Errors
+    /// As [`TestCluster::create_collection`].
+    pub async fn trash_collection(&self, uuid: &str) -> anyhow::Result<serde_json::Value> {
+        self.collections_request(
+            http::Method::POST,
+            &format!("/arvados/v1/collections/{uuid}/trash"),
+            None,
+        )
+        .await
+    }
+
+    /// Reads a collection through `GET /arvados/v1/collections/{uuid}`
+    /// (`include_trash=true`).
+    ///
+    /// # Errors
+    /// As [`TestCluster::create_collection`].
+    pub async fn get_collection(&self, uuid: &str) -> anyhow::Result<serde_json::Value> {
+        self.collections_request(
+            http::Method::GET,
+            &format!("/arvados/v1/collections/{uuid}?include_trash=true"),
+            None,
+        )
+        .await
     }
 
     /// Stops every service and waits for the listeners to close.

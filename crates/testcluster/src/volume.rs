@@ -170,6 +170,35 @@ impl Volume {
         }
     }
 
+    /// Sets the block's mtime (what `/index` and `/mounts/{uuid}/blocks` report) to
+    /// `mtime`; false when absent or the volume is synthetic.
+    pub(crate) async fn set_mtime(&self, hash: &BlockHash, mtime: SystemTime) -> bool {
+        match &self.kind {
+            Kind::Memory(m) => match lock(m).get_mut(hash) {
+                Some(e) => {
+                    e.1 = mtime
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as i64);
+                    true
+                }
+                None => false,
+            },
+            Kind::Dir(root) => {
+                let p = Self::path(root, hash);
+                tokio::task::spawn_blocking(move || {
+                    std::fs::File::options()
+                        .write(true)
+                        .open(&p)
+                        .and_then(|f| f.set_modified(mtime))
+                        .is_ok()
+                })
+                .await
+                .unwrap_or(false)
+            }
+            Kind::Synthetic(_) => false,
+        }
+    }
+
     /// Deletes a block; false when absent.
     pub(crate) async fn remove(&self, hash: &BlockHash) -> bool {
         match &self.kind {

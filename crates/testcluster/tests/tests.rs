@@ -1,6 +1,7 @@
 //! Integration tests of keep-testcluster: one binary (style.md B4).
 
 mod cli;
+mod collections;
 mod conformance;
 mod controller;
 mod faults;
