@@ -181,6 +181,29 @@ pub struct Cli {
     #[arg(long)]
     pub verify_data: bool,
 
+    /// Give each block the replication and storage classes its collections ask for
+    /// (replication_desired, storage_classes_desired: the most any of them asks in
+    /// each class, as keep-balance counts; null asks for the destination's default)
+    /// instead of the defaults for every block. Reads every source collection,
+    /// trashed ones and old versions included, with the source token (the
+    /// SystemRootToken). --replications and --storage-classes, when given, override
+    /// what collections ask. --verify checks the same.
+    #[arg(long)]
+    pub by_collections: bool,
+
+    /// With --by-collections: leave behind blocks that no collection refers to,
+    /// unless stored more recently than the source's blob signature TTL (a client
+    /// holding a signed locator may still save those into a collection:
+    /// keep-balance's own rule). The report counts what was left. Safe once the
+    /// source is read-only (see the README's runbook).
+    #[arg(long, requires = "by_collections")]
+    pub skip_unreferenced: bool,
+
+    /// With --skip-unreferenced: write the blocks left behind to FILE, one locator
+    /// per line (a file --from-list reads, should they be wanted after all).
+    #[arg(long, value_name = "FILE", requires = "skip_unreferenced")]
+    pub unreferenced_list: Option<PathBuf>,
+
     /// Write each block that fails to this file as it fails: its locator (unsigned),
     /// a space, and the kind of failure (vanished, bad-source-copy,
     /// destination-full, ...). The file is emptied at the start of the run.

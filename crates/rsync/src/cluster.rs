@@ -76,6 +76,9 @@ pub struct Cluster {
     pub default_replication: Option<u32>,
     /// The storage classes marked `Default` in the exported config (empty if unknown).
     pub default_storage_classes: Vec<String>,
+    /// The API server, with the cluster's own token, when its host is known (for
+    /// `--by-collections`).
+    pub api: Option<keep_client::Controller>,
 }
 
 fn read_secret_file(path: &Path, what: &str) -> Result<String> {
@@ -183,6 +186,20 @@ pub async fn connect(
         services,
     } = loaded;
     settings.api_token = Some(token.clone());
+    let api = match &settings.api_host {
+        Some(host) => Some(
+            keep_client::Controller::new(
+                host,
+                Some(token.clone()),
+                &ClientOptions {
+                    insecure: options.insecure || settings.insecure,
+                    ..options.clone()
+                },
+            )
+            .with_context(|| format!("{} cluster ({})", a.role.name(), a.settings))?,
+        ),
+        None => None,
+    };
     let given = services.is_some();
     let api_used = !given || (use_api && settings.api_host.is_some());
     let (client, info) = match (services, &settings.api_host) {
@@ -240,6 +257,7 @@ pub async fn connect(
         ttl: a.ttl.or(info.blob_signature_ttl),
         default_replication: info.default_replication,
         default_storage_classes: info.default_storage_classes,
+        api,
     })
 }
 

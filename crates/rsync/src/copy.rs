@@ -141,17 +141,22 @@ fn target<'a>(
     shared: &'a Shared<'_>,
     exclude: &'a [usize],
 ) -> WriteTarget<'a> {
-    let want = plan.want();
+    // The defaults, or what the block's collections ask (--by-collections).
+    let desired = plan.wanted_replicas(todo);
     let topology = &shared.opts.topology;
     let (need, classes) = if dst.client.has_proxy() {
         // A proxy is asked for every replica (X-Keep-Desired-Replicas) and makes them.
-        let all = topology.names(want.classes);
-        (
-            want.replicas,
-            all.into_iter()
-                .map(|c| (c, want.replicas as usize))
-                .collect(),
-        )
+        let classes = plan
+            .profile(todo)
+            .iter()
+            .flat_map(|&(bit, n)| {
+                topology
+                    .names(bit)
+                    .into_iter()
+                    .map(move |c| (c, n as usize))
+            })
+            .collect();
+        (desired, classes)
     } else {
         let s = plan.shortfall(todo);
         let classes = s
@@ -168,7 +173,7 @@ fn target<'a>(
     };
     WriteTarget {
         hash: todo.hash(),
-        desired: want.replicas as usize,
+        desired: desired as usize,
         need: need as usize,
         classes,
         exclude,

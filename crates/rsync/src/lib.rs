@@ -18,6 +18,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod collections;
 pub mod copy;
 pub mod limit;
 pub mod listfile;
@@ -89,18 +90,24 @@ fn validate(cli: &Cli) -> Result<()> {
     if cli.dry_run && cli.verify {
         bail!("--dry-run and --verify are different runs; choose one");
     }
-    if let Some(f) = &cli.failed_list {
+    for (flag, f) in [
+        ("--failed-list", &cli.failed_list),
+        ("--unreferenced-list", &cli.unreferenced_list),
+    ] {
+        let Some(f) = f else { continue };
         if f.is_dir() {
-            bail!("--failed-list {}: is a directory; name a file", f.display());
+            bail!("{flag} {}: is a directory; name a file", f.display());
         }
         // Checked now, not after a day of copying.
         let dir = f.parent().filter(|d| !d.as_os_str().is_empty());
         if dir.is_some_and(|d| !d.is_dir()) {
-            bail!(
-                "--failed-list {}: the directory does not exist",
-                f.display()
-            );
+            bail!("{flag} {}: the directory does not exist", f.display());
         }
+    }
+    if cli.by_collections && cli.from_list.is_some() {
+        bail!(
+            "--by-collections and --from-list: a list run copies the listed blocks at the defaults; choose one"
+        );
     }
     Ok(())
 }
@@ -162,6 +169,10 @@ async fn run_inner(cli: Cli) -> Result<u8> {
     };
     let from_list = match &cli.from_list {
         Some(p) => Some(listfile::read(p)?),
+        None => None,
+    };
+    let unreferenced_list = match &cli.unreferenced_list {
+        Some(p) => Some(Mutex::new(collections::UnreferencedList::create(p)?)),
         None => None,
     };
     let src_arg = cli.src.as_deref().expect("clap requires -src");
@@ -244,6 +255,14 @@ async fn run_inner(cli: Cli) -> Result<u8> {
             "the source's blobSignatureTtl is unknown (no discovery document); give -src-blob-signature-ttl, e.g. 336h"
         );
     }
+    if cli.by_collections {
+        collections::source_api(&src)?;
+    }
+    if cli.skip_unreferenced && src.ttl.is_none() {
+        bail!(
+            "--skip-unreferenced keeps blocks younger than the source's blob signature TTL, which is unknown (no discovery document); give -src-blob-signature-ttl, e.g. 336h"
+        );
+    }
 
     let stop = CancellationToken::new();
     {
@@ -274,6 +293,7 @@ async fn run_inner(cli: Cli) -> Result<u8> {
         want,
         counting,
         from_list: from_list.as_deref(),
+        unreferenced_list: unreferenced_list.as_ref(),
         stop: &stop,
     };
     // One pass, unless the plan outgrows --max-plan-memory while it is read: then
@@ -345,6 +365,8 @@ pub(crate) struct Job<'a> {
     pub(crate) counting: plan::Want,
     /// `--from-list`: these blocks instead of the source's indexes.
     pub(crate) from_list: Option<&'a [keep_client::Locator]>,
+    /// `--unreferenced-list`.
+    pub(crate) unreferenced_list: Option<&'a Mutex<collections::UnreferencedList>>,
     pub(crate) stop: &'a CancellationToken,
 }
 
@@ -366,10 +388,17 @@ impl Job<'_> {
                 classes: d.classes,
             })
             .collect();
-        let planner = scan::Planner::start(
-            PlanBuilder::new(self.counting, weights),
-            self.cli.max_plan_memory,
-        )?;
+        let mut builder = PlanBuilder::new(self.counting, weights);
+        if let (true, Some(ttl)) = (self.cli.skip_unreferenced, self.src.ttl) {
+            // keep-balance's rule: a block stored within the TTL may yet be saved
+            // into a collection by a client holding a signed locator for it.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let since = now.saturating_sub(ttl).as_nanos();
+            builder.track_young(i64::try_from(since).unwrap_or(i64::MAX));
+        }
+        let planner = scan::Planner::start(builder, self.cli.max_plan_memory)?;
         let dst_down =
             scan::scan(self.dst, self.dst_topology, prefixes, &planner, progress).await?;
         planner.finish_dst();
@@ -401,7 +430,12 @@ async fn run_pass(
 ) -> Result<Option<String>> {
     let cli = job.cli;
     let (src, dst) = (job.src, job.dst);
-    let (plan, src_down, dst_down) = job.plan(prefixes, progress).await?;
+    let (mut plan, src_down, dst_down) = job.plan(prefixes, progress).await?;
+    if cli.by_collections {
+        let read =
+            collections::apply(job, &mut plan, prefixes, progress, job.unreferenced_list).await?;
+        report.collections = Some(read);
+    }
     let s = plan.stats();
     progress.note(&if cli.verify {
         format!(

@@ -192,6 +192,10 @@ pub fn merge(paths: &[PathBuf]) -> Result<Merged> {
 /// Adds report `o` (of other blocks) to `r`.
 fn absorb(r: &mut Report, o: &Report) {
     r.plan.absorb(&o.plan);
+    // Every shard reads every collection: the same numbers, not a sum.
+    if r.collections.is_none() {
+        r.collections.clone_from(&o.collections);
+    }
     if r.counting_rule.is_empty() {
         r.counting_rule.clone_from(&o.counting_rule);
     }

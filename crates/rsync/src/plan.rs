@@ -24,6 +24,12 @@ use crate::topology::ClassSet;
 const BUCKETS: usize = 256;
 /// The "seen at the source" flag, in a record's `set` field.
 const SEEN: u32 = 1 << 31;
+/// The "a collection refers to it" flag (`--by-collections`).
+const REFERENCED: u32 = 1 << 30;
+/// The "to top up for what its collections ask" flag (`--by-collections`).
+const TOPPED: u32 = 1 << 29;
+/// Every flag: what is left is the holder set id.
+const FLAGS: u32 = SEEN | REFERENCED | TOPPED;
 
 /// What the destination should hold of every block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +38,39 @@ pub struct Want {
     pub replicas: u32,
     /// Classes that must each hold `replicas`; 0: any class counts.
     pub classes: ClassSet,
+}
+
+impl Want {
+    /// The same, as replicas per class.
+    pub fn profile(&self) -> Profile {
+        if self.classes == 0 {
+            return Box::new([(0, self.replicas)]);
+        }
+        bits(self.classes).map(|b| (b, self.replicas)).collect()
+    }
+}
+
+/// Replicas wanted per class, as `(class bit, replicas)` sorted by bit; bit 0 means
+/// "in any class". What a block's collections ask of it: keep-balance's `Desired`,
+/// the most any of them asks in each class.
+pub type Profile = Box<[(ClassSet, u32)]>;
+
+/// The single bits of `set`, lowest first.
+fn bits(set: ClassSet) -> impl Iterator<Item = ClassSet> {
+    (0..64).map(|b| 1u64 << b).filter(move |bit| set & bit != 0)
+}
+
+/// The most either profile asks in each class.
+fn combine(a: &[(ClassSet, u32)], b: &[(ClassSet, u32)]) -> Profile {
+    let mut v: Vec<(ClassSet, u32)> = a.to_vec();
+    for &(bit, n) in b {
+        match v.iter_mut().find(|(c, _)| *c == bit) {
+            Some(e) => e.1 = e.1.max(n),
+            None => v.push((bit, n)),
+        }
+    }
+    v.sort_unstable();
+    v.into_boxed_slice()
 }
 
 /// A device as the plan counts it: replicas per block, and its classes.
@@ -142,6 +181,7 @@ struct HolderSets {
     /// (set, device) -> set with the device added: the common step, without allocating.
     with: HashMap<(u32, u16), u32>,
     want: Want,
+    default: Profile,
     devices: Vec<DeviceWeight>,
 }
 
@@ -153,6 +193,7 @@ impl HolderSets {
             ids: HashMap::new(),
             with: HashMap::new(),
             want,
+            default: want.profile(),
             devices,
         };
         h.intern(Box::new([]));
@@ -164,8 +205,9 @@ impl HolderSets {
             return id;
         }
         let id = u32::try_from(self.sets.len()).expect("fewer than 2^31 holder sets");
-        assert!(id < SEEN, "too many distinct holder sets");
-        self.present.push(enough(&set, &self.devices, self.want));
+        assert!(id < TOPPED, "too many distinct holder sets");
+        self.present
+            .push(enough(&set, &self.devices, &self.default));
         self.ids.insert(set.clone(), id);
         self.sets.push(set);
         id
@@ -228,8 +270,8 @@ impl Shortfall {
 }
 
 /// What blocks on `holders` lack of `want`: replicas are the summed replication of
-/// the holders, counted in each wanted class (any class when none is wanted).
-pub fn shortfall(holders: &[u16], devices: &[DeviceWeight], want: Want) -> Shortfall {
+/// the holders, counted in each wanted class (in any class for bit 0).
+pub fn shortfall(holders: &[u16], devices: &[DeviceWeight], want: &[(ClassSet, u32)]) -> Shortfall {
     let sum = |class: ClassSet| -> u32 {
         holders
             .iter()
@@ -238,26 +280,20 @@ pub fn shortfall(holders: &[u16], devices: &[DeviceWeight], want: Want) -> Short
             .map(|d| d.replication)
             .fold(0u32, u32::saturating_add)
     };
-    if want.classes == 0 {
-        return Shortfall {
-            replicas: want.replicas.saturating_sub(sum(0)),
-            classes: Vec::new(),
-        };
+    let mut replicas = 0;
+    let mut classes = Vec::new();
+    for &(bit, n) in want {
+        let lack = n.saturating_sub(sum(bit));
+        replicas = replicas.max(lack);
+        if bit != 0 && lack > 0 {
+            classes.push((bit, lack));
+        }
     }
-    let classes: Vec<(ClassSet, u32)> = (0..64)
-        .map(|b| 1u64 << b)
-        .filter(|bit| want.classes & bit != 0)
-        .map(|bit| (bit, want.replicas.saturating_sub(sum(bit))))
-        .filter(|&(_, n)| n > 0)
-        .collect();
-    Shortfall {
-        replicas: classes.iter().map(|&(_, n)| n).max().unwrap_or(0),
-        classes,
-    }
+    Shortfall { replicas, classes }
 }
 
 /// Whether blocks on `holders` meet `want`.
-fn enough(holders: &[u16], devices: &[DeviceWeight], want: Want) -> bool {
+fn enough(holders: &[u16], devices: &[DeviceWeight], want: &[(ClassSet, u32)]) -> bool {
     shortfall(holders, devices, want).is_none()
 }
 
@@ -268,8 +304,8 @@ fn merge_bucket(b: &mut Vec<DstRec>, sets: &mut HolderSets) {
     let mut w = 0;
     for r in 0..b.len() {
         if w > 0 && b[w - 1].key() == b[r].key() {
-            let flags = (b[w - 1].set | b[r].set) & SEEN;
-            let set = sets.union(b[w - 1].set & !SEEN, b[r].set & !SEEN);
+            let flags = (b[w - 1].set | b[r].set) & FLAGS;
+            let set = sets.union(b[w - 1].set & !FLAGS, b[r].set & !FLAGS);
             b[w - 1].set = set | flags;
         } else {
             b[w] = b[r];
@@ -325,6 +361,10 @@ pub struct PlanBuilder {
     dst_entries: u64,
     /// Sizes too large for a Keep block (cannot happen with a sane server).
     oversize: u64,
+    /// Source blocks stored at or after this time (ns) are young: a client may still
+    /// hold a signed locator for them (`--skip-unreferenced`). `None`: not tracked.
+    young_since: Option<i64>,
+    young: Vec<Key>,
 }
 
 impl PlanBuilder {
@@ -339,14 +379,23 @@ impl PlanBuilder {
             src_entries: 0,
             dst_entries: 0,
             oversize: 0,
+            young_since: None,
+            young: Vec::new(),
         }
+    }
+
+    /// Remembers which source blocks were stored at or after `since` (ns since the
+    /// epoch): [`Plan::finish_collections`] never skips those.
+    pub fn track_young(&mut self, since: i64) {
+        self.young_since = Some(since);
     }
 
     /// Heap bytes held so far by the records (capacity, not length): what the plan
     /// will take, give or take its holder sets, checked against `--max-plan-memory`
     /// while the indexes stream in.
     pub fn heap_bytes(&self) -> u64 {
-        records_heap(&self.dst, &self.todo, &self.offsets) as u64
+        (records_heap(&self.dst, &self.todo, &self.offsets)
+            + self.young.capacity() * size_of::<Key>()) as u64
     }
 
     /// Records that destination device `device` lists `hash+size`.
@@ -419,7 +468,7 @@ impl PlanBuilder {
         if let Some((b, i)) = self.find(&hash.0, size) {
             let r = &mut self.dst[b][i];
             r.set |= SEEN;
-            if self.sets.present[(r.set & !SEEN) as usize] {
+            if self.sets.present[(r.set & !FLAGS) as usize] {
                 return;
             }
         }
@@ -435,6 +484,21 @@ impl PlanBuilder {
         });
     }
 
+    /// [`PlanBuilder::add_src`], for an entry stored at `mtime_ns`.
+    pub fn add_src_at(&mut self, hash: BlockHash, size: u64, mtime_ns: i64) {
+        if self.young_since.is_some_and(|t| mtime_ns >= t) {
+            if let Ok(size) = u32::try_from(size) {
+                if self.young.len() == self.young.capacity() && !self.young.is_empty() {
+                    self.young.sort_unstable();
+                    self.young.dedup();
+                }
+                reserve_quarter(&mut self.young);
+                self.young.push(Key { hash: hash.0, size });
+            }
+        }
+        self.add_src(hash, size);
+    }
+
     /// Ends the source phase and returns the plan.
     pub fn finish(mut self) -> Plan {
         let mut stats = PlanStats {
@@ -448,6 +512,9 @@ impl PlanBuilder {
             b.dedup();
             b.shrink_to_fit();
         }
+        self.young.sort_unstable();
+        self.young.dedup();
+        self.young.shrink_to_fit();
         for bucket in &self.dst {
             for r in bucket {
                 stats.dst.add(u64::from(r.size));
@@ -456,7 +523,7 @@ impl PlanBuilder {
                 }
             }
         }
-        let plan = Plan {
+        let mut plan = Plan {
             dst: self.dst,
             offsets: self.offsets,
             todo: self.todo,
@@ -464,23 +531,34 @@ impl PlanBuilder {
             devices: self.sets.devices,
             want: self.sets.want,
             stats: PlanStats::default(),
+            profiles: vec![self.sets.default],
+            profile_ids: HashMap::new(),
+            combined: HashMap::new(),
+            special: HashMap::new(),
+            young: self.young,
+            referenced: Vec::new(),
+            extra: Vec::new(),
+            not_at_source: std::collections::HashSet::new(),
         };
+        plan.recount();
         for t in plan.todo() {
-            let size = t.size();
             if plan.dst_holders(&t).is_empty() {
-                stats.src.add(size);
-                stats.missing.add(size);
-            } else {
-                stats.under_replicated.add(size);
+                stats.src.add(t.size());
             }
-            stats.to_copy.add(size);
-            stats.by_digit[usize::from(t.key.hash[0] >> 4)].add(size);
         }
         stats.present = Tally {
-            blocks: stats.src.blocks - stats.missing.blocks,
-            bytes: stats.src.bytes - stats.missing.bytes,
+            blocks: stats.src.blocks - plan.stats.missing.blocks,
+            bytes: stats.src.bytes - plan.stats.missing.bytes,
         };
         stats.oversize = self.oversize;
+        for (a, b) in [
+            (&mut stats.missing, plan.stats.missing),
+            (&mut stats.under_replicated, plan.stats.under_replicated),
+            (&mut stats.to_copy, plan.stats.to_copy),
+        ] {
+            *a = b;
+        }
+        stats.by_digit = plan.stats.by_digit;
         Plan { stats, ..plan }
     }
 }
@@ -512,6 +590,23 @@ pub struct PlanStats {
     pub by_digit: [Tally; 16],
     /// Index entries whose size cannot be a Keep block (ignored).
     pub oversize: u64,
+    /// `--by-collections`: blocks whose collections ask for another replication or
+    /// other classes than the defaults.
+    pub special_wants: u64,
+    /// `--by-collections`: blocks the destination held enough of by default, sent
+    /// again for what their collections ask (also in `under_replicated`).
+    pub topped_up: Tally,
+    /// `--by-collections`: blocks the destination lacks that no collection refers to
+    /// (skipped or not).
+    pub unreferenced: Tally,
+    /// Of those, blocks younger than the source's blob signature TTL: a client may
+    /// still save them into a collection, so they are copied.
+    pub unreferenced_young: Tally,
+    /// Of those, blocks `--skip-unreferenced` left behind (not in `to_copy`).
+    pub unreferenced_skipped: Tally,
+    /// Blocks collections refer to that no source keep service lists (lost before
+    /// the migration; keep-balance reports them as missing too).
+    pub referenced_not_at_source: u64,
 }
 
 /// The result of planning: blocks to copy, in hash order, and who already has what.
@@ -524,7 +619,46 @@ pub struct Plan {
     devices: Vec<DeviceWeight>,
     want: Want,
     stats: PlanStats,
+    /// What blocks may ask for: [0] is the plan's [`Want`], the rest what collections
+    /// ask of a few blocks (`--by-collections`).
+    profiles: Vec<Profile>,
+    profile_ids: HashMap<Profile, u32>,
+    /// (profile, profile) -> their combination, so that a block's many collections
+    /// cost no allocation.
+    combined: HashMap<(u32, u32), u32>,
+    /// Blocks that ask for another profile than [0]: the exceptions, kept beside the
+    /// compact records (most blocks ask for the defaults).
+    special: HashMap<Key, u32>,
+    /// Source blocks younger than the blob signature TTL, sorted (only when tracked).
+    young: Vec<Key>,
+    /// While collections are read: one bit per `todo` record, set once a collection
+    /// refers to it.
+    referenced: Vec<Vec<u64>>,
+    /// While collections are read: present blocks to top up.
+    extra: Vec<Todo>,
+    /// Blocks collections refer to that the source does not list.
+    not_at_source: std::collections::HashSet<Key>,
 }
+
+/// Where a block a collection refers to stands in the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Referral {
+    /// Outside the hash range of this plan (another pass or shard).
+    Elsewhere,
+    /// A block to copy.
+    ToCopy,
+    /// The destination holds what is asked.
+    Present,
+    /// The destination holds enough for the defaults but not what is asked: it is
+    /// added to the blocks to copy.
+    ToppedUp,
+    /// No source keep service lists it.
+    NotAtSource,
+}
+
+/// Distinct blocks remembered as [`Referral::NotAtSource`] (beyond this, they are
+/// counted per reference).
+const NOT_AT_SOURCE_CAP: usize = 1 << 20;
 
 impl PlanStats {
     /// Adds the numbers of a plan over other blocks (another pass or shard): the
@@ -547,6 +681,16 @@ impl PlanStats {
             a.absorb(b);
         }
         self.oversize += o.oversize;
+        self.special_wants += o.special_wants;
+        for (a, b) in [
+            (&mut self.topped_up, &o.topped_up),
+            (&mut self.unreferenced, &o.unreferenced),
+            (&mut self.unreferenced_young, &o.unreferenced_young),
+            (&mut self.unreferenced_skipped, &o.unreferenced_skipped),
+        ] {
+            a.absorb(b);
+        }
+        self.referenced_not_at_source += o.referenced_not_at_source;
     }
 }
 
@@ -571,25 +715,230 @@ impl Plan {
         let (hash, size) = (&todo.key.hash, todo.key.size);
         let (b, lo, hi) = range_of(&self.offsets, hash);
         match locate(&self.dst[b][lo..hi], hash, size) {
-            Some(i) => &self.sets[(self.dst[b][lo + i].set & !SEEN) as usize],
+            Some(i) => &self.sets[(self.dst[b][lo + i].set & !FLAGS) as usize],
             None => &[],
         }
     }
 
     /// What `todo` lacks on the destination.
     pub fn shortfall(&self, todo: &Todo) -> Shortfall {
-        shortfall(self.dst_holders(todo), &self.devices, self.want)
+        shortfall(self.dst_holders(todo), &self.devices, self.profile(todo))
     }
 
-    /// What the plan aims for.
+    /// What the plan aims for by default.
     pub fn want(&self) -> Want {
         self.want
+    }
+
+    /// What `todo` asks for: the default, or what its collections ask.
+    pub fn profile(&self, todo: &Todo) -> &[(ClassSet, u32)] {
+        let id = self.special.get(&todo.key).copied().unwrap_or(0);
+        &self.profiles[id as usize]
+    }
+
+    /// The replication `todo` asks for: the most in any class.
+    pub fn wanted_replicas(&self, todo: &Todo) -> u32 {
+        self.profile(todo)
+            .iter()
+            .map(|&(_, n)| n)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Aims for `want` from now on (through a keepproxy the plan counts a listed
     /// block as present, but a write still asks for the replicas and classes wanted).
     pub fn set_want(&mut self, want: Want) {
         self.want = want;
+        self.profiles[0] = want.profile();
+    }
+
+    /// The id of `profile`, to pass to [`Plan::refer`].
+    pub fn profile_id(&mut self, profile: Profile) -> u32 {
+        if *profile == *self.profiles[0] {
+            return 0;
+        }
+        if let Some(&id) = self.profile_ids.get(&profile) {
+            return id;
+        }
+        let id = self.profiles.len() as u32;
+        self.profiles.push(profile.clone());
+        self.profile_ids.insert(profile, id);
+        id
+    }
+
+    fn combine_ids(&mut self, a: u32, b: u32) -> u32 {
+        if a == b {
+            return a;
+        }
+        let k = (a.min(b), a.max(b));
+        if let Some(&c) = self.combined.get(&k) {
+            return c;
+        }
+        let p = combine(&self.profiles[a as usize], &self.profiles[b as usize]);
+        let c = self.profile_id(p);
+        self.combined.insert(k, c);
+        c
+    }
+
+    /// Records that a collection asking for profile `id` refers to `hash+size`
+    /// (call for every block of every collection, then
+    /// [`Plan::finish_collections`]). With `top_up`, a block the destination holds
+    /// enough of by default but not for what is asked joins the blocks to copy
+    /// (not through a keepproxy, whose index cannot tell replicas apart).
+    pub fn refer(&mut self, hash: &BlockHash, size: u32, id: u32, top_up: bool) -> Referral {
+        let key = Key { hash: hash.0, size };
+        let b = usize::from(hash.0[0]);
+        if self.referenced.len() != BUCKETS {
+            self.referenced = self
+                .todo
+                .iter()
+                .map(|t| vec![0u64; t.len().div_ceil(64)])
+                .collect();
+        }
+        if let Ok(i) = self.todo[b].binary_search(&Todo { key }) {
+            let word = &mut self.referenced[b][i / 64];
+            let was = *word & (1 << (i % 64)) != 0;
+            *word |= 1 << (i % 64);
+            self.ask(key, id, was);
+            return Referral::ToCopy;
+        }
+        let (lo, hi) = {
+            let (_, lo, hi) = range_of(&self.offsets, &hash.0);
+            (lo, hi)
+        };
+        let Some(i) = locate(&self.dst[b][lo..hi], &hash.0, size).map(|i| lo + i) else {
+            return self.not_at_source(key);
+        };
+        let set = self.dst[b][i].set;
+        if set & SEEN == 0 {
+            return self.not_at_source(key);
+        }
+        self.dst[b][i].set |= REFERENCED;
+        let now = self.ask(key, id, set & REFERENCED != 0);
+        let holders = &self.sets[(set & !FLAGS) as usize];
+        if !top_up
+            || set & TOPPED != 0
+            || enough(holders, &self.devices, &self.profiles[now as usize])
+        {
+            return if set & TOPPED != 0 {
+                Referral::ToppedUp
+            } else {
+                Referral::Present
+            };
+        }
+        self.dst[b][i].set |= TOPPED;
+        self.extra.push(Todo { key });
+        Referral::ToppedUp
+    }
+
+    /// Adds profile `id` to what `key` asks (`seen`: it asked before); returns what
+    /// it asks now.
+    fn ask(&mut self, key: Key, id: u32, seen: bool) -> u32 {
+        let before = if seen {
+            self.special.get(&key).copied().unwrap_or(0)
+        } else {
+            id
+        };
+        let now = self.combine_ids(before, id);
+        if now == 0 {
+            self.special.remove(&key);
+        } else {
+            self.special.insert(key, now);
+        }
+        now
+    }
+
+    fn not_at_source(&mut self, key: Key) -> Referral {
+        if self.not_at_source.len() < NOT_AT_SOURCE_CAP {
+            self.not_at_source.insert(key);
+        } else if !self.not_at_source.contains(&key) {
+            self.stats.referenced_not_at_source += 1;
+        }
+        Referral::NotAtSource
+    }
+
+    /// Ends the reading of collections: counts the blocks to copy no collection
+    /// refers to and, with `skip_unreferenced`, drops those not younger than the
+    /// blob signature TTL, passing each to `skipped`; adds the blocks to top up.
+    pub fn finish_collections(&mut self, skip_unreferenced: bool, mut skipped: impl FnMut(Todo)) {
+        if self.referenced.len() != BUCKETS {
+            // No collection at all: nothing is referenced.
+            self.referenced = self
+                .todo
+                .iter()
+                .map(|t| vec![0u64; t.len().div_ceil(64)])
+                .collect();
+        }
+        let referenced = std::mem::take(&mut self.referenced);
+        let young = std::mem::take(&mut self.young);
+        let (mut unref, mut unref_young, mut dropped) =
+            (Tally::default(), Tally::default(), Tally::default());
+        let mut todo = std::mem::take(&mut self.todo);
+        for (bucket, bits) in todo.iter_mut().zip(&referenced) {
+            let mut i = 0;
+            bucket.retain(|t| {
+                let refd = bits[i / 64] & (1 << (i % 64)) != 0;
+                i += 1;
+                if refd {
+                    // Short of the defaults, but its collections ask for less (or
+                    // for other classes the destination already holds).
+                    let holders = self.dst_holders(t);
+                    return holders.is_empty() || !enough(holders, &self.devices, self.profile(t));
+                }
+                unref.add(t.size());
+                if young.binary_search(&t.key).is_ok() {
+                    unref_young.add(t.size());
+                    return true;
+                }
+                if skip_unreferenced {
+                    dropped.add(t.size());
+                    skipped(*t);
+                    return false;
+                }
+                true
+            });
+            bucket.shrink_to_fit();
+        }
+        self.todo = todo;
+        let mut topped = Tally::default();
+        for t in std::mem::take(&mut self.extra) {
+            topped.add(t.size());
+            self.todo[usize::from(t.key.hash[0])].push(t);
+        }
+        for b in &mut self.todo {
+            b.sort_unstable();
+        }
+        self.recount();
+        let s = &mut self.stats;
+        s.special_wants = self.special.len() as u64;
+        s.topped_up = topped;
+        s.unreferenced = unref;
+        s.unreferenced_young = unref_young;
+        s.unreferenced_skipped = dropped;
+        s.referenced_not_at_source += self.not_at_source.len() as u64;
+        self.not_at_source = std::collections::HashSet::new();
+    }
+
+    /// Counts the blocks to copy again (after [`Plan::finish_collections`]).
+    fn recount(&mut self) {
+        let mut s = PlanStats {
+            by_digit: Default::default(),
+            ..PlanStats::default()
+        };
+        for t in self.todo() {
+            let size = t.size();
+            if self.dst_holders(&t).is_empty() {
+                s.missing.add(size);
+            } else {
+                s.under_replicated.add(size);
+            }
+            s.to_copy.add(size);
+            s.by_digit[usize::from(t.key.hash[0] >> 4)].add(size);
+        }
+        self.stats.missing = s.missing;
+        self.stats.under_replicated = s.under_replicated;
+        self.stats.to_copy = s.to_copy;
+        self.stats.by_digit = s.by_digit;
     }
 
     /// Every (block, destination device) pair for blocks the source also lists:
@@ -606,7 +955,7 @@ impl Plan {
                         size: r.size,
                     },
                 };
-                self.sets[(r.set & !SEEN) as usize]
+                self.sets[(r.set & !FLAGS) as usize]
                     .iter()
                     .map(move |&d| (t, d))
             })
@@ -616,7 +965,14 @@ impl Plan {
     /// bounds.
     pub fn heap_bytes(&self) -> usize {
         let s: usize = self.sets.iter().map(|s| s.len() * 2 + 16).sum();
-        records_heap(&self.dst, &self.todo, &self.offsets) + s
+        // A hashbrown entry is the pair plus one control byte.
+        let special = self.special.capacity() * (size_of::<(Key, u32)>() + 1);
+        let bits: usize = self.referenced.iter().map(|b| b.capacity() * 8).sum();
+        records_heap(&self.dst, &self.todo, &self.offsets)
+            + s
+            + special
+            + bits
+            + self.young.capacity() * size_of::<Key>()
     }
 }
 
@@ -897,5 +1253,78 @@ mod tests {
             per_block <= 40.0,
             "second pass: {per_block} bytes per block"
         );
+    }
+
+    /// What collections ask, as keep-balance counts it: the most any of them asks in
+    /// each class; only blocks asking other than the defaults are kept aside; a block
+    /// the destination holds enough of by default but not for what is asked is sent
+    /// again; blocks no collection refers to are left behind unless young.
+    #[test]
+    fn collections_decide_each_blocks_want() {
+        let (default, archive) = (1u64, 2u64);
+        let dev = |classes| DeviceWeight {
+            replication: 1,
+            classes,
+        };
+        let devs = vec![dev(default), dev(default), dev(archive), dev(default)];
+        let two = Want {
+            replicas: 2,
+            classes: default,
+        };
+        let mut b = PlanBuilder::new(two, devs);
+        b.track_young(100);
+        for (d, i) in [(0, 1), (1, 1), (0, 2), (0, 5), (1, 5), (0, 7)] {
+            b.add_dst(d, h(i), 10);
+        }
+        b.finish_dst();
+        for i in [1, 2, 3, 4, 5, 7] {
+            b.add_src_at(h(i), 10, 0);
+        }
+        b.add_src_at(h(6), 10, 200);
+        let mut plan = b.finish();
+        assert_eq!(plan.stats().to_copy.blocks, 5, "2, 3, 4, 6 and 7");
+        assert_eq!(plan.profile_id(Box::new([(default, 2)])), 0, "the default");
+        let three = plan.profile_id(Box::new([(default, 3)]));
+        let arch = plan.profile_id(Box::new([(archive, 1)]));
+        let one = plan.profile_id(Box::new([(default, 1)]));
+        assert_eq!(plan.refer(&h(7), 10, one, true), Referral::ToCopy);
+        assert_eq!(plan.refer(&h(1), 10, three, true), Referral::ToppedUp);
+        assert_eq!(plan.refer(&h(1), 10, 0, true), Referral::ToppedUp);
+        assert_eq!(plan.refer(&h(2), 10, 0, true), Referral::ToCopy);
+        assert_eq!(plan.refer(&h(2), 10, arch, true), Referral::ToCopy);
+        assert_eq!(plan.refer(&h(3), 10, 0, true), Referral::ToCopy);
+        assert_eq!(plan.refer(&h(5), 10, 0, true), Referral::Present);
+        assert_eq!(plan.refer(&h(99), 10, 0, true), Referral::NotAtSource);
+        let mut skipped = Vec::new();
+        plan.finish_collections(true, |t| skipped.push(t.hash()));
+        assert_eq!(skipped, vec![h(4)], "old and unreferenced");
+        let s = plan.stats().clone();
+        assert_eq!(
+            s.to_copy.blocks, 4,
+            "1 (topped up), 2, 3 and 6 (young); not 7, which has the one replica asked"
+        );
+        assert_eq!(s.topped_up.blocks, 1);
+        assert_eq!(s.special_wants, 3, "1, 2 and 7");
+        assert_eq!((s.unreferenced.blocks, s.unreferenced_young.blocks), (2, 1));
+        assert_eq!(s.unreferenced_skipped.blocks, 1);
+        assert_eq!(s.referenced_not_at_source, 1);
+        let todo: Vec<Todo> = plan.todo().collect();
+        let find = |i| *todo.iter().find(|t| t.hash() == h(i)).unwrap();
+        assert_eq!(
+            plan.shortfall(&find(1)),
+            Shortfall {
+                replicas: 1,
+                classes: vec![(default, 1)]
+            }
+        );
+        assert_eq!(
+            plan.shortfall(&find(2)),
+            Shortfall {
+                replicas: 1,
+                classes: vec![(default, 1), (archive, 1)]
+            }
+        );
+        assert_eq!(plan.wanted_replicas(&find(2)), 2);
+        assert_eq!(plan.wanted_replicas(&find(3)), 2);
     }
 }

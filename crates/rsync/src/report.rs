@@ -265,6 +265,8 @@ pub struct Report {
     pub from_list: Option<String>,
     /// The plan's numbers (listed, present, to copy, per digit).
     pub plan: PlanStats,
+    /// `--by-collections`: what was read of the source's collections.
+    pub collections: Option<crate::collections::CollectionsRead>,
     /// How destination replicas were counted.
     pub counting_rule: String,
     /// The storage classes written to and counted (empty: any class).
@@ -394,16 +396,60 @@ impl Report {
         let _ = writeln!(s, "  missing:             {}", t(&p.missing));
         let _ = writeln!(
             s,
-            "  under-replicated:    {} (fewer than {} replicas{})",
+            "  under-replicated:    {} ({})",
             t(&p.under_replicated),
-            p.replicas,
-            if self.storage_classes.is_empty() {
-                String::new()
-            } else {
-                format!(" in class {}", self.storage_classes.join(", "))
+            match (&self.collections, self.storage_classes.is_empty()) {
+                (Some(_), _) => "short of what their collections ask".to_owned(),
+                (None, true) => format!("fewer than {} replicas", p.replicas),
+                (None, false) => format!(
+                    "fewer than {} replicas in class {}",
+                    p.replicas,
+                    self.storage_classes.join(", ")
+                ),
             }
         );
         let _ = writeln!(s, "  to copy:             {}", t(&p.to_copy));
+        if let Some(c) = &self.collections {
+            let _ = writeln!(
+                s,
+                "  collections read:    {} ({} trashed, {} old versions, {} block references)",
+                c.collections, c.trashed, c.old_versions, c.references
+            );
+            let _ = writeln!(
+                s,
+                "  asking other than the defaults: {} blocks ({} topped up: {})",
+                p.special_wants,
+                p.topped_up.blocks,
+                t(&p.topped_up)
+            );
+            let _ = writeln!(
+                s,
+                "  unreferenced:        {} ({} younger than the blob signature TTL)",
+                t(&p.unreferenced),
+                p.unreferenced_young.blocks
+            );
+            if p.unreferenced_skipped.blocks > 0 {
+                let _ = writeln!(
+                    s,
+                    "  left behind (--skip-unreferenced): {}",
+                    t(&p.unreferenced_skipped)
+                );
+            }
+            if p.referenced_not_at_source > 0 {
+                let _ = writeln!(
+                    s,
+                    "  referenced but on no source service: {} blocks (lost before this run)",
+                    p.referenced_not_at_source
+                );
+            }
+            if c.bad_manifests > 0 {
+                let _ = writeln!(
+                    s,
+                    "  unreadable manifests: {} (see the log; --skip-unreferenced was off)",
+                    c.bad_manifests
+                );
+            }
+        }
         if !self.counting_rule.is_empty() {
             let _ = writeln!(s, "  replicas counted:    {}", self.counting_rule);
         }

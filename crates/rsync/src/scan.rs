@@ -82,7 +82,7 @@ impl Planner {
                         Msg::ForgetDst(device) => builder.forget_dst(device),
                         Msg::Src(batch) => {
                             for e in batch {
-                                builder.add_src(e.hash, e.size);
+                                builder.add_src_at(e.hash, e.size, e.mtime_ns);
                             }
                         }
                         Msg::FinishDst => builder.finish_dst(),
@@ -132,7 +132,9 @@ impl Planner {
             batch.push(IndexEntry {
                 hash: l.hash(),
                 size: l.size().unwrap_or(0),
-                mtime_ns: 0,
+                // Never older than anything: a listed block is never skipped as
+                // unreferenced garbage.
+                mtime_ns: i64::MAX,
             });
             if batch.len() == BATCH {
                 self.send(Msg::Src(std::mem::replace(

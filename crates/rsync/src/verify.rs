@@ -37,7 +37,6 @@ pub async fn run(
     stop: &CancellationToken,
     report: &mut Report,
 ) {
-    let want = plan.want();
     for todo in plan.todo() {
         let (kind, detail) = if plan.dst_holders(&todo).is_empty() {
             (
@@ -58,7 +57,10 @@ pub async fn run(
             };
             (
                 FailureKind::UnderReplicated,
-                format!("lacks {lacking} of the {} wanted", want.replicas),
+                format!(
+                    "lacks {lacking} of the {} wanted",
+                    plan.wanted_replicas(&todo)
+                ),
             )
         };
         report.fail(

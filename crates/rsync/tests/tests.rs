@@ -6,6 +6,7 @@ mod util;
 mod badinput;
 mod basics;
 mod bench_smoke;
+mod collections;
 mod concurrency;
 mod failures;
 mod longhaul;
