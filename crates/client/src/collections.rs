@@ -13,10 +13,9 @@ use futures::TryStreamExt as _;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::controller::{Controller, api_error_text};
+use crate::controller::Controller;
 use crate::error::{Error, Result};
 use crate::manifest::{BlockRef, for_each_block};
-use crate::signing::Token;
 use crate::tls::transport_error;
 
 /// Collections per page asked for (the server may send fewer).
@@ -97,9 +96,8 @@ impl Controller {
         let select = r#"["uuid","manifest_text","replication_desired","storage_classes_desired","is_trashed","current_version_uuid"]"#;
         let limit = PAGE.to_string();
         let path = "/arvados/v1/collections";
-        let mut req = self
-            .http
-            .get(format!("https://{}{path}", self.host))
+        let resp = self
+            .request(path, true)
             .query(&[
                 ("filters", filters.as_str()),
                 ("order", r#"["uuid asc"]"#),
@@ -109,12 +107,6 @@ impl Controller {
                 ("include_trash", "true"),
                 ("include_old_versions", "true"),
             ])
-            .timeout(self.timeout)
-            .header("Accept", "application/json");
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t.expose());
-        }
-        let resp = req
             .send()
             .await
             .map_err(|e| transport_error(&self.host, e, false))?;
@@ -124,22 +116,12 @@ impl Controller {
                 .bytes()
                 .await
                 .map_err(|e| transport_error(&self.host, e, true))?;
-            let secret = self.token.as_ref().map(Token::expose);
-            let text = api_error_text(&body, secret);
-            return Err(if status == 401 || status == 403 {
-                Error::PermissionDenied {
-                    target: self.host.clone(),
-                    message: format!(
-                        "GET {path}: HTTP {status}: {text} (reading every collection needs the SystemRootToken)"
-                    ),
-                }
-            } else {
-                Error::Http {
-                    service: self.host.clone(),
-                    status,
-                    message: format!("GET {path}: {text}"),
-                }
-            });
+            return Err(self.status_error(
+                path,
+                status,
+                &body,
+                "reading every collection needs the SystemRootToken",
+            ));
         }
         // The parser runs on a blocking thread, reading the body as it arrives, and
         // hands over one collection at a time.

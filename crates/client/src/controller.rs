@@ -127,18 +127,8 @@ impl Controller {
         auth: bool,
         allow_404: bool,
     ) -> Result<Option<Value>> {
-        let url = format!("https://{}{}", self.host, path);
-        let mut req = self
-            .http
-            .get(&url)
-            .timeout(self.timeout)
-            .header("Accept", "application/json");
-        if auth {
-            if let Some(t) = &self.token {
-                req = req.bearer_auth(t.expose());
-            }
-        }
-        let resp = req
+        let resp = self
+            .request(path, auth)
             .send()
             .await
             .map_err(|e| transport_error(&self.host, e, false))?;
@@ -150,22 +140,13 @@ impl Controller {
         if status == 404 && allow_404 {
             return Ok(None);
         }
-        let secret = self.token.as_ref().map(Token::expose);
-        if status == 401 || status == 403 {
-            return Err(Error::PermissionDenied {
-                target: self.host.clone(),
-                message: format!(
-                    "GET {path}: HTTP {status}: {} (is ARVADOS_API_TOKEN valid for this cluster?)",
-                    api_error_text(&body, secret)
-                ),
-            });
-        }
         if status != 200 {
-            return Err(Error::Http {
-                service: self.host.clone(),
+            return Err(self.status_error(
+                path,
                 status,
-                message: format!("GET {path}: {}", api_error_text(&body, secret)),
-            });
+                &body,
+                "is ARVADOS_API_TOKEN valid for this cluster?",
+            ));
         }
         serde_json::from_slice(&body)
             .map(Some)
@@ -173,6 +154,39 @@ impl Controller {
                 service: self.host.clone(),
                 message: format!("GET {path}: invalid JSON: {e}"),
             })
+    }
+
+    /// A GET of `path` that asks for JSON, with the token when `auth`.
+    pub(crate) fn request(&self, path: &str, auth: bool) -> reqwest::RequestBuilder {
+        let mut req = self
+            .http
+            .get(format!("https://{}{path}", self.host))
+            .timeout(self.timeout)
+            .header("Accept", "application/json");
+        if auth {
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t.expose());
+            }
+        }
+        req
+    }
+
+    /// The error for a GET of `path` answered `status` (not 200) with `body`;
+    /// `hint` is added to a refusal (401, 403).
+    pub(crate) fn status_error(&self, path: &str, status: u16, body: &[u8], hint: &str) -> Error {
+        let text = api_error_text(body, self.token.as_ref().map(Token::expose));
+        if status == 401 || status == 403 {
+            Error::PermissionDenied {
+                target: self.host.clone(),
+                message: format!("GET {path}: HTTP {status}: {text} ({hint})"),
+            }
+        } else {
+            Error::Http {
+                service: self.host.clone(),
+                status,
+                message: format!("GET {path}: {text}"),
+            }
+        }
     }
 
     fn protocol(&self, message: String) -> Error {
@@ -333,7 +347,7 @@ fn json_type(v: &Value) -> &'static str {
 }
 
 /// The text of an API error body `{"errors":[...]}` (§7.6), or the sanitized body.
-pub(crate) fn api_error_text(body: &[u8], secret: Option<&str>) -> String {
+fn api_error_text(body: &[u8], secret: Option<&str>) -> String {
     let text = String::from_utf8_lossy(body);
     let msg = serde_json::from_str::<Value>(&text)
         .ok()

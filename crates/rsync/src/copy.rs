@@ -18,7 +18,7 @@ use crate::plan::{Plan, Todo};
 use crate::progress::Progress;
 use crate::report::{ConcurrencyUsed, Failure, FailureKind, Report};
 use crate::schedule::{Scheduler, Touch};
-use crate::topology::Topology;
+use crate::topology::{ClassSet, Topology};
 use crate::tune::{AUTO_MAX, BLOCK_WEIGHT, Concurrency, Tuner, auto_start};
 
 /// Blocks larger than this are relayed from the source to the destination uploads as
@@ -144,32 +144,24 @@ fn target<'a>(
     // The defaults, or what the block's collections ask (--by-collections).
     let desired = plan.wanted_replicas(todo);
     let topology = &shared.opts.topology;
+    // (class bit, replicas) pairs as (class name, replicas).
+    let named = |per_class: &[(ClassSet, u32)]| -> std::collections::BTreeMap<String, usize> {
+        per_class
+            .iter()
+            .flat_map(|&(bit, n)| {
+                topology
+                    .names(bit)
+                    .into_iter()
+                    .map(move |c| (c, n as usize))
+            })
+            .collect()
+    };
     let (need, classes) = if dst.client.has_proxy() {
         // A proxy is asked for every replica (X-Keep-Desired-Replicas) and makes them.
-        let classes = plan
-            .profile(todo)
-            .iter()
-            .flat_map(|&(bit, n)| {
-                topology
-                    .names(bit)
-                    .into_iter()
-                    .map(move |c| (c, n as usize))
-            })
-            .collect();
-        (desired, classes)
+        (desired, named(plan.profile(todo)))
     } else {
         let s = plan.shortfall(todo);
-        let classes = s
-            .classes
-            .iter()
-            .flat_map(|&(bit, n)| {
-                topology
-                    .names(bit)
-                    .into_iter()
-                    .map(move |c| (c, n as usize))
-            })
-            .collect();
-        (s.replicas, classes)
+        (s.replicas, named(&s.classes))
     };
     WriteTarget {
         hash: todo.hash(),

@@ -788,13 +788,7 @@ impl Plan {
     pub fn refer(&mut self, hash: &BlockHash, size: u32, id: u32, top_up: bool) -> Referral {
         let key = Key { hash: hash.0, size };
         let b = usize::from(hash.0[0]);
-        if self.referenced.len() != BUCKETS {
-            self.referenced = self
-                .todo
-                .iter()
-                .map(|t| vec![0u64; t.len().div_ceil(64)])
-                .collect();
-        }
+        self.start_referring();
         if let Ok(i) = self.todo[b].binary_search(&Todo { key }) {
             let word = &mut self.referenced[b][i / 64];
             let was = *word & (1 << (i % 64)) != 0;
@@ -831,6 +825,17 @@ impl Plan {
         Referral::ToppedUp
     }
 
+    /// Makes room for the "referenced" bits of the blocks to copy, once.
+    fn start_referring(&mut self) {
+        if self.referenced.len() != BUCKETS {
+            self.referenced = self
+                .todo
+                .iter()
+                .map(|t| vec![0u64; t.len().div_ceil(64)])
+                .collect();
+        }
+    }
+
     /// Adds profile `id` to what `key` asks (`seen`: it asked before); returns what
     /// it asks now.
     fn ask(&mut self, key: Key, id: u32, seen: bool) -> u32 {
@@ -861,14 +866,8 @@ impl Plan {
     /// refers to and, with `skip_unreferenced`, drops those not younger than the
     /// blob signature TTL, passing each to `skipped`; adds the blocks to top up.
     pub fn finish_collections(&mut self, skip_unreferenced: bool, mut skipped: impl FnMut(Todo)) {
-        if self.referenced.len() != BUCKETS {
-            // No collection at all: nothing is referenced.
-            self.referenced = self
-                .todo
-                .iter()
-                .map(|t| vec![0u64; t.len().div_ceil(64)])
-                .collect();
-        }
+        // (With no collection at all, nothing is referenced.)
+        self.start_referring();
         let referenced = std::mem::take(&mut self.referenced);
         let young = std::mem::take(&mut self.young);
         let (mut unref, mut unref_young, mut dropped) =
