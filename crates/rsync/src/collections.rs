@@ -199,6 +199,26 @@ pub(crate) async fn apply(
             names.join(", ")
         );
     }
+    // What the destination cannot hold fails block by block later: say so once now.
+    let mut asked: BTreeMap<ClassSet, u32> = BTreeMap::new();
+    for p in plan.profiles().iter().skip(1) {
+        for &(bit, n) in p.iter() {
+            let e = asked.entry(bit).or_default();
+            *e = (*e).max(n);
+        }
+    }
+    for (bit, n) in asked {
+        let room = topology.writable_replication((bit != 0).then_some(bit));
+        if u64::from(n) > room {
+            let class = match topology.names(bit).join(",") {
+                c if c.is_empty() => String::new(),
+                c => format!(" in class {c}"),
+            };
+            tracing::warn!(
+                "collections ask for {n} replicas{class}, but the destination's writable volumes hold {room}: their blocks will be reported under-replicated; add volumes, or pass -replications"
+            );
+        }
+    }
     let mut skip = cli.skip_unreferenced;
     if skip {
         if let Some(bad) = &first_bad {

@@ -752,6 +752,11 @@ impl Plan {
         self.profiles[0] = want.profile();
     }
 
+    /// Every profile blocks may ask for; [0] is the default.
+    pub fn profiles(&self) -> &[Profile] {
+        &self.profiles
+    }
+
     /// The id of `profile`, to pass to [`Plan::refer`].
     pub fn profile_id(&mut self, profile: Profile) -> u32 {
         if *profile == *self.profiles[0] {

@@ -452,3 +452,36 @@ async fn python_sdk_interop_arv_put_collections_are_copied_as_they_ask() {
         .await
         .assert_code(0);
 }
+
+/// A collection asking for more replicas than the destination's volumes can hold:
+/// one warning before copying, every replica that fits is written, and the blocks
+/// are reported under-replicated (exit 1), not silently short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_asking_more_than_the_destination_holds_is_reported() {
+    let p = Pair::with(builder("srcaa"), destination("dstbb")).await;
+    let blocks: Vec<Vec<u8>> = (0..3).map(|i| block("five", i, 900)).collect();
+    for b in &blocks {
+        p.src.put_block(b, 1).await.unwrap();
+    }
+    p.src
+        .create_collection(json!({"name": "five", "manifest_text": manifest(&blocks),
+                                  "replication_desired": 5}))
+        .await
+        .unwrap();
+    let r = p.rsync(&["--by-collections"]).await;
+    r.assert_code(1);
+    assert!(
+        r.stderr
+            .contains("collections ask for 5 replicas in class default, but the destination's writable volumes hold 4"),
+        "{}",
+        r.stderr
+    );
+    let held = classes_held(&p).await;
+    for b in &blocks {
+        assert_eq!(
+            held[&BlockHash::of(b)]["default"],
+            4,
+            "every replica that fits"
+        );
+    }
+}
