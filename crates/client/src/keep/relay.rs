@@ -106,6 +106,16 @@ impl<'a> Sources<'a> {
         }
     }
 
+    /// Makes replica `i`, which was just read whole, the first one tried again: a
+    /// next round (an upload that failed, a service still to fill) reads the replica
+    /// that answered, not the ones after it, which may not hold the block at all
+    /// (they would answer 404, and the block would look deleted).
+    fn again(&mut self, i: usize) {
+        if self.next > 0 && self.pass[self.next - 1] == i {
+            self.next -= 1;
+        }
+    }
+
     /// Records that replica `i` failed (while opening, or mid-body).
     fn failed(&mut self, i: usize, e: Error) {
         tracing::debug!(block = %self.locator, service = %self.order[i].uuid, error = %e, "read failed");
@@ -219,6 +229,7 @@ impl KeepClient {
                     if state.wanted() == 0 {
                         break;
                     }
+                    sources.again(src);
                 }
                 Err(e) => {
                     // The source broke: the uploads were aborted, through no fault of
