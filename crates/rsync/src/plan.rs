@@ -619,14 +619,14 @@ pub struct Plan {
     devices: Vec<DeviceWeight>,
     want: Want,
     stats: PlanStats,
-    /// What blocks may ask for: [0] is the plan's [`Want`], the rest what collections
+    /// What blocks may ask for: the first is the plan's [`Want`], the rest what collections
     /// ask of a few blocks (`--by-collections`).
     profiles: Vec<Profile>,
     profile_ids: HashMap<Profile, u32>,
     /// (profile, profile) -> their combination, so that a block's many collections
     /// cost no allocation.
     combined: HashMap<(u32, u32), u32>,
-    /// Blocks that ask for another profile than [0]: the exceptions, kept beside the
+    /// Blocks that ask for another profile than the first: the exceptions, kept beside the
     /// compact records (most blocks ask for the defaults).
     special: HashMap<Key, u32>,
     /// Source blocks younger than the blob signature TTL, sorted (only when tracked).
@@ -752,7 +752,7 @@ impl Plan {
         self.profiles[0] = want.profile();
     }
 
-    /// Every profile blocks may ask for; [0] is the default.
+    /// Every profile blocks may ask for; the first is the default.
     pub fn profiles(&self) -> &[Profile] {
         &self.profiles
     }
