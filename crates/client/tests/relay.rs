@@ -101,6 +101,21 @@ impl Pair {
         out
     }
 
+    /// The destination keepstore a writer tries first refuses its next PUT (503).
+    fn refuse_first_put(&self, hash: &BlockHash) {
+        let first = &self.dst_client.writable_order(hash)[0].uuid;
+        let first = self
+            .dst
+            .keepstores()
+            .iter()
+            .position(|k| &k.uuid == first)
+            .unwrap();
+        self.dst
+            .faults(&format!("keepstore{first}"))
+            .unwrap()
+            .fail_next(1, 503, Some("PUT"));
+    }
+
     /// Completed GETs of `hash` on the source, and PUTs (any status) on the destination.
     fn traffic(&self, hash: &BlockHash) -> (usize, usize) {
         let h = hash.to_string();
@@ -220,17 +235,7 @@ async fn a_refused_upload_reads_the_source_again_for_the_next_service() {
     let p = pair().await;
     let d = data(5);
     let read = p.seed(&d).await;
-    let first = &p.dst_client.writable_order(&read.hash())[0].uuid;
-    let first = p
-        .dst
-        .keepstores()
-        .iter()
-        .position(|k| &k.uuid == first)
-        .unwrap();
-    p.dst
-        .faults(&format!("keepstore{first}"))
-        .unwrap()
-        .fail_next(1, 503, Some("PUT"));
+    p.refuse_first_put(&read.hash());
     let r = copy(&p, &read).await.unwrap();
     assert_eq!(r.replicas, 2);
     let (gets, puts) = p.traffic(&read.hash());
@@ -253,17 +258,7 @@ async fn a_second_round_reads_the_replica_that_answered() {
     let d = data(7);
     let loc = p.src.put_block(&d, 1).await.unwrap();
     let read = p.src.sign_locator(&loc, p.src.system_root_token());
-    let first = &p.dst_client.writable_order(&read.hash())[0].uuid;
-    let first = p
-        .dst
-        .keepstores()
-        .iter()
-        .position(|k| &k.uuid == first)
-        .unwrap();
-    p.dst
-        .faults(&format!("keepstore{first}"))
-        .unwrap()
-        .fail_next(1, 503, Some("PUT"));
+    p.refuse_first_put(&read.hash());
     let r = copy(&p, &read).await.unwrap();
     assert_eq!(r.replicas, 2);
     let holder = &p.src.keepstores()[p.first_source(&read.hash())].uuid;
