@@ -143,30 +143,13 @@ impl Volume {
         }
     }
 
-    /// Sets mtime to now; false when absent.
+    /// Sets mtime to now; false when absent. (A synthetic volume's mtime is fixed:
+    /// it only says whether it holds the block.)
     pub(crate) async fn touch(&self, hash: &BlockHash) -> bool {
         match &self.kind {
-            Kind::Memory(m) => match lock(m).get_mut(hash) {
-                Some(e) => {
-                    e.1 = now_ns();
-                    true
-                }
-                None => false,
-            },
-            Kind::Dir(root) => {
-                let p = Self::path(root, hash);
-                tokio::task::spawn_blocking(move || {
-                    // Set explicitly, as the unix volume does (§11): coarse fs clocks.
-                    std::fs::File::options()
-                        .write(true)
-                        .open(&p)
-                        .and_then(|f| f.set_modified(SystemTime::now()))
-                        .is_ok()
-                })
-                .await
-                .unwrap_or(false)
-            }
             Kind::Synthetic(s) => s.get(hash).await.ok().flatten().is_some(),
+            // Set explicitly, as the unix volume does (§11): coarse fs clocks.
+            _ => self.set_mtime(hash, SystemTime::now()).await,
         }
     }
 
