@@ -19,7 +19,7 @@ use crate::progress::Progress;
 use crate::report::{ConcurrencyUsed, Failure, FailureKind, Report};
 use crate::schedule::{Scheduler, Touch};
 use crate::topology::{ClassSet, Topology};
-use crate::tune::{AUTO_MAX, BLOCK_WEIGHT, Concurrency, Tuner, auto_start};
+use crate::tune::{BLOCK_WEIGHT, Concurrency, Pace, Tuner, auto_max, auto_start};
 
 /// Blocks larger than this are relayed from the source to the destination uploads as
 /// they arrive, never held whole: memory no longer grows with block size × blocks in
@@ -372,8 +372,11 @@ pub async fn run(
     let mut tuner = match opts.concurrency {
         Concurrency::Auto => {
             let t = plan.stats().to_copy;
-            let start = auto_start(t.bytes / t.blocks.max(1));
-            Some(Tuner::new(start, AUTO_MAX))
+            let mean = t.bytes / t.blocks.max(1);
+            Some(Tuner::new(
+                auto_start(mean),
+                auto_max(mean, mean <= STREAM_ABOVE),
+            ))
         }
         Concurrency::Fixed(_) => None,
     };
@@ -381,9 +384,7 @@ pub async fn run(
         .as_ref()
         .map_or(opts.concurrency.start(), Tuner::limit);
     let began = Instant::now();
-    // A typical block's copy time (moving average), for the tuner's windows.
-    let mut block_time = Duration::from_millis(100);
-    let mut finished: u64 = 0;
+    let mut pace = Pace::default();
     let mut running = FuturesUnordered::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -404,15 +405,20 @@ pub async fn run(
         let (todo, touch, outcome, took) = tokio::select! {
             Some(done) = running.next() => done,
             _ = tick.tick() => {
-                retune(&mut sched, &mut tuner, &mut limit, src, dst, began, finished, block_time);
+                retune(&mut sched, &mut tuner, &mut limit, (src, dst), began, &pace, running.len());
                 continue;
             }
         };
         sched.finish(&touch);
-        finished += 1;
-        block_time = block_time.mul_f64(0.8) + took.mul_f64(0.2);
+        pace.finish(took);
         retune(
-            &mut sched, &mut tuner, &mut limit, src, dst, began, finished, block_time,
+            &mut sched,
+            &mut tuner,
+            &mut limit,
+            (src, dst),
+            began,
+            &pace,
+            running.len(),
         );
         let mut r = report.lock().expect("report lock");
         let (kind, full) = match outcome {
@@ -497,22 +503,22 @@ fn touches(src: &Cluster, dst: &Cluster, plan: &Plan, opts: &CopyOptions, todo: 
 }
 
 /// Feeds the scheduler the services' busy answers and the tuner the throughput.
-#[allow(clippy::too_many_arguments)]
 fn retune<I: Iterator<Item = Todo>>(
     sched: &mut Scheduler<I>,
     tuner: &mut Option<Tuner>,
     limit: &mut usize,
-    src: &Cluster,
-    dst: &Cluster,
+    (src, dst): (&Cluster, &Cluster),
     began: Instant,
-    finished: u64,
-    block_time: Duration,
+    pace: &Pace,
+    in_flight: usize,
 ) {
     let (st, dt) = (src.client.traffic(), dst.client.traffic());
+    let block_time = pace.block_time();
     sched.update(|i| st.busy(i), |i| dt.busy(i), Instant::now(), block_time);
     if let Some(t) = tuner {
-        let work = st.received() + finished * BLOCK_WEIGHT;
-        *limit = t.observe(began.elapsed(), work, block_time);
+        let work = st.received() + pace.finished * BLOCK_WEIGHT;
+        let now = began.elapsed();
+        *limit = t.observe(now, work, pace.tuning_time(now), in_flight);
     }
 }
 

@@ -21,17 +21,38 @@ use std::time::Duration;
 pub const AUTO_START: usize = 128;
 /// Block data `auto` starts with in flight: larger blocks start fewer at once. On a
 /// LAN, 128 blocks of 1 MiB took 1.6x as long as 64, and 16 of 64 MiB at once 1.3x
-/// as long as one at a time (real keepstores take a 64 MiB buffer per request);
-/// more is tried as soon as it pays.
+/// as long as one at a time (real keepstores take a 64 MiB buffer per request, and on
+/// real 3.2.1 keepstores 2 to 4 at once were still 1.2x slower than one: bench/run
+/// S3); more is tried as soon as it pays.
 pub const AUTO_START_BYTES: u64 = 64 << 20;
 
 /// Where `auto` starts for blocks of `mean_size` bytes on average: [`AUTO_START`],
-/// or fewer so that about [`AUTO_START_BYTES`] are in flight, but at least 2.
+/// or fewer so that about [`AUTO_START_BYTES`] are in flight, but at least 1.
 pub fn auto_start(mean_size: u64) -> usize {
     let by_bytes = AUTO_START_BYTES / mean_size.max(1);
     usize::try_from(by_bytes)
         .unwrap_or(usize::MAX)
-        .clamp(2, AUTO_START)
+        .clamp(1, AUTO_START)
+}
+
+/// Block data `auto` holds in flight at most, for blocks read whole before they are
+/// written: past it, more blocks only queue on a LAN (bench/run S2, 1 MiB blocks:
+/// auto reached 256 in flight on noise and a peak RSS of 370 MB, no faster than 128
+/// at 200 MB), and across a WAN 128 MiB in flight still moves 1.3 GB/s at 100 ms per
+/// request. Relayed blocks hold a few pieces each, whatever their size.
+pub const AUTO_MAX_BYTES: u64 = 128 << 20;
+
+/// The most blocks `auto` keeps in flight for blocks of `mean_size` bytes on average,
+/// `held` whole (not relayed): [`AUTO_MAX`], or fewer so that at most
+/// [`AUTO_MAX_BYTES`] are held, and never below where it starts.
+pub fn auto_max(mean_size: u64, held: bool) -> usize {
+    if !held {
+        return AUTO_MAX;
+    }
+    let by_bytes = AUTO_MAX_BYTES / mean_size.max(1);
+    usize::try_from(by_bytes)
+        .unwrap_or(usize::MAX)
+        .clamp(auto_start(mean_size), AUTO_MAX)
 }
 /// The most blocks `auto` keeps in flight.
 pub const AUTO_MAX: usize = 256;
@@ -42,7 +63,7 @@ pub const BLOCK_WEIGHT: u64 = 64 << 10;
 /// `--concurrency`: `auto` or a fixed number of blocks in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Concurrency {
-    /// Tuned while running, from [`auto_start`], at most [`AUTO_MAX`].
+    /// Tuned while running, from [`auto_start`], at most [`auto_max`].
     Auto,
     /// Exactly this many.
     Fixed(usize),
@@ -85,6 +106,41 @@ impl std::fmt::Display for Concurrency {
             Concurrency::Auto => f.write_str("auto"),
             Concurrency::Fixed(n) => write!(f, "{n}"),
         }
+    }
+}
+
+/// How long blocks take to copy, for the tuner's windows and the scheduler.
+#[derive(Debug, Clone, Default)]
+pub struct Pace {
+    /// Blocks finished, copied or failed.
+    pub finished: u64,
+    /// Moving average of their copy times; none before the first.
+    average: Option<Duration>,
+}
+
+impl Pace {
+    /// One more block finished, after `took`.
+    pub fn finish(&mut self, took: Duration) {
+        self.finished += 1;
+        self.average = Some(match self.average {
+            Some(t) => t.mul_f64(0.8) + took.mul_f64(0.2),
+            None => took,
+        });
+    }
+
+    /// A typical block's copy time: the average, or 100 ms before the first.
+    pub fn block_time(&self) -> Duration {
+        self.average.unwrap_or(Duration::from_millis(100))
+    }
+
+    /// The block time [`Tuner::observe`] sizes its windows by, `elapsed` since the
+    /// copy began. Before any block has finished, that is the time so far, which a
+    /// block takes at least: a shorter window measures only how fast socket buffers
+    /// fill (S7, 8 MiB blocks on 5 MB/s links: windows that saw no bytes took the
+    /// limit from 8 down to 1 in 5 s).
+    pub fn tuning_time(&self, elapsed: Duration) -> Duration {
+        self.average
+            .unwrap_or_else(|| elapsed.max(Duration::from_millis(100)))
     }
 }
 
@@ -148,31 +204,51 @@ impl Tuner {
     }
 
     /// Feeds the clock (`now`, since the copy began), the work done so far (bytes
-    /// received plus [`BLOCK_WEIGHT`] per block finished) and the typical time of one
-    /// block copy; returns the limit to use from now on.
-    pub fn observe(&mut self, now: Duration, work: u64, block_time: Duration) -> usize {
+    /// received plus [`BLOCK_WEIGHT`] per block finished), the typical time of one
+    /// block copy and the blocks in flight; returns the limit to use from now on.
+    pub fn observe(
+        &mut self,
+        now: Duration,
+        work: u64,
+        block_time: Duration,
+        in_flight: usize,
+    ) -> usize {
         let now = now.as_secs_f64();
         let block = block_time.as_secs_f64();
-        if now < self.settle_until {
+        // After a step down, the blocks already in flight run on: until they have
+        // drained to the new limit, a window would measure the old one (and every
+        // step down would look free).
+        if now < self.settle_until || in_flight > self.limit {
             self.start = now;
             self.work = work;
             return self.limit;
         }
-        // Long enough to average over a turnover of the blocks in flight, short
-        // enough to follow a change within seconds.
-        let window = (1.5 * block).clamp(0.2, 5.0);
+        // Long enough to average over two turnovers of the blocks in flight (blocks
+        // started together finish together, and each arrives in a burst as it
+        // starts), short enough to follow a change within seconds on a LAN, or half
+        // a minute where a block takes that long.
+        let window = (2.0 * block).clamp(0.2, 30.0);
         let elapsed = now - self.start;
         if elapsed < window {
             return self.limit;
         }
-        let rate = work.saturating_sub(self.work) as f64 / elapsed;
+        let done = work.saturating_sub(self.work);
+        if done == 0 {
+            // Nothing moved: stalled, or between bursts; no throughput to compare.
+            self.start = now;
+            return self.limit;
+        }
+        let rate = done as f64 / elapsed;
         let before = self.limit;
         self.decide(rate);
         self.start = now;
         self.work = work;
         if self.limit != before {
-            // New slots start reading at once; finished blocks follow a block later.
-            self.settle_until = now + (0.5 * block).min(2.0);
+            // New slots start reading at once and fill the socket buffers on the
+            // way in a burst that the links take a block's time to drain: measuring
+            // before that counts the burst as throughput (S7: 8 to 16 blocks looked
+            // 2x faster, then 7x slower).
+            self.settle_until = now + block.min(10.0);
             self.low = self.low.min(self.limit);
             self.high = self.high.max(self.limit);
             tracing::debug!(from = before, to = self.limit, rate, "concurrency");
@@ -285,10 +361,12 @@ mod tests {
         while now < secs {
             work += rate(t.limit()) * step;
             now += step;
+            let limit = t.limit();
             t.observe(
                 Duration::from_secs_f64(now),
                 work as u64,
                 Duration::from_secs_f64(block),
+                limit,
             );
         }
         (work, t.limit())
@@ -361,10 +439,12 @@ mod tests {
                 late += w;
             }
             now += 0.01;
+            let limit = t.limit();
             t.observe(
                 Duration::from_secs_f64(now),
                 work as u64,
                 Duration::from_millis(100),
+                limit,
             );
         }
         // Down near the first ceiling, then (probes included) near the second.
@@ -373,13 +453,84 @@ mod tests {
         assert!(late >= 0.9 * best, "{:.2} of the best", late / best);
     }
 
+    /// A link simulated block by block, as `copy.rs` drives the tuner: blocks of
+    /// `size` bytes, the `n` in flight sharing `rate(n)` bytes/s; the first `burst`
+    /// bytes of each are received the moment it starts (socket buffers), the rest as
+    /// it goes. A block in flight stays until it has finished, whatever the limit.
+    /// `fixed` pins the limit; otherwise a tuner runs from [`auto_start`]. Returns the
+    /// bytes of the blocks finished in `secs`, and the tuner's range.
+    fn simulate_blocks(
+        rate: &impl Fn(usize) -> f64,
+        size: f64,
+        burst: f64,
+        fixed: Option<usize>,
+        secs: f64,
+    ) -> (f64, (usize, usize)) {
+        let mut tuner = Tuner::new(fixed.unwrap_or(auto_start(size as u64)), AUTO_MAX);
+        let mut pace = Pace::default();
+        // (bytes delivered, start) of each block in flight.
+        let mut flying: Vec<(f64, f64)> = Vec::new();
+        let (mut now, mut received, mut finished_bytes) = (0.0, 0.0, 0.0);
+        let step = 0.01;
+        while now < secs {
+            let limit = fixed.unwrap_or(tuner.limit());
+            while flying.len() < limit {
+                flying.push((0.0, now));
+                received += burst.min(size);
+            }
+            let each = rate(flying.len()) / flying.len() as f64 * step;
+            now += step;
+            flying.retain_mut(|(delivered, start)| {
+                let seen = |d: f64| (d + burst).min(size);
+                let was = seen(*delivered);
+                *delivered += each;
+                received += seen(*delivered) - was;
+                if *delivered < size {
+                    return true;
+                }
+                pace.finish(Duration::from_secs_f64(now - *start));
+                finished_bytes += size;
+                false
+            });
+            let elapsed = Duration::from_secs_f64(now);
+            let work = received as u64 + pace.finished * BLOCK_WEIGHT;
+            tuner.observe(elapsed, work, pace.tuning_time(elapsed), flying.len());
+        }
+        (finished_bytes, tuner.range())
+    }
+
+    #[test]
+    fn slow_links_with_big_blocks_keep_enough_in_flight() {
+        // S7: 8 MiB blocks through 15 MB/s of destination links; half of each block
+        // sits in socket buffers at once. A few blocks leave some link idle at times
+        // (8 in flight reach 86% of the links, 16 reach 98%).
+        let rate = |n: usize| 15e6 * (1.0 - (-(n as f64) / 4.0).exp());
+        let (size, burst, secs) = (8.0 * 1048576.0, 4.0 * 1048576.0, 240.0);
+        let best = [8, 16, 32, 64, 128, 256]
+            .into_iter()
+            .map(|n| simulate_blocks(&rate, size, burst, Some(n), secs).0)
+            .fold(0.0, f64::max);
+        let (auto, range) = simulate_blocks(&rate, size, burst, None, secs);
+        assert!(
+            auto >= 0.9 * best,
+            "{:.2} of the best, limits {range:?}",
+            auto / best
+        );
+    }
+
     #[test]
     fn larger_blocks_start_fewer() {
         assert_eq!(auto_start(4 << 10), AUTO_START);
         assert_eq!(auto_start(1 << 20), 64);
         assert_eq!(auto_start(8 << 20), 8);
-        assert_eq!(auto_start(64 << 20), 2);
+        assert_eq!(auto_start(64 << 20), 1);
         assert_eq!(auto_start(0), AUTO_START);
+        // Held whole: at most 128 MiB in flight; relayed: any number.
+        assert_eq!(auto_max(64 << 10, true), AUTO_MAX);
+        assert_eq!(auto_max(1 << 20, true), 128);
+        assert_eq!(auto_max(4 << 20, true), 32);
+        assert_eq!(auto_max(8 << 20, false), AUTO_MAX);
+        assert_eq!(auto_max(0, true), AUTO_MAX);
     }
 
     #[test]
