@@ -15,7 +15,9 @@
 //! still caught. And the wait for the answer after the whole body was handed over is
 //! allowed [`AFTER_BODY`] more: a keepstore gives up on a request itself after its
 //! `API.RequestTimeout` (5 minutes by default, §5.3), so an answer later than that
-//! will not come.
+//! will not come. Uploads to one service also share a clock: one that waits for its
+//! socket to drain is not stalled while another to the same service moves
+//! ([`Progress::upload`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -42,6 +44,8 @@ pub(crate) struct Progress {
     last_ms: AtomicU64,
     /// Set once an upload's whole body has been handed over.
     body_sent: std::sync::atomic::AtomicBool,
+    /// An upload's service: when any upload to it last moved (see [`Progress::upload`]).
+    service: Option<Arc<Progress>>,
 }
 
 impl Progress {
@@ -51,6 +55,25 @@ impl Progress {
             start: tokio::time::Instant::now(),
             last_ms: AtomicU64::new(0),
             body_sent: std::sync::atomic::AtomicBool::new(false),
+            service: None,
+        })
+    }
+
+    /// The clock of an upload to a service whose uploads all touch `service`. The
+    /// upload counts as moving while any of them moves. Uploads that share a slow
+    /// link take turns: each socket's send buffer holds megabytes, and the HTTP stack
+    /// takes no piece of a body until its buffer drains, which for one of 133
+    /// uploads sharing 5 MB/s took over a minute; each was cut as stalled, read
+    /// again and cut again, and 200 blocks of 8 MiB at once made no progress in 13
+    /// minutes (bench/run S7, --concurrency 256). A dead peer is still caught by the
+    /// kernel (`TCP_USER_TIMEOUT`), and a keepstore drops a request it has not
+    /// finished after its `API.RequestTimeout` (§5.3).
+    pub(crate) fn upload(service: Arc<Progress>) -> Arc<Progress> {
+        Arc::new(Progress {
+            start: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+            body_sent: std::sync::atomic::AtomicBool::new(false),
+            service: Some(service),
         })
     }
 
@@ -58,6 +81,9 @@ impl Progress {
     pub(crate) fn touch(&self) {
         let ms = self.start.elapsed().as_millis() as u64;
         self.last_ms.fetch_max(ms, Ordering::Relaxed);
+        if let Some(s) = &self.service {
+            s.touch();
+        }
     }
 
     /// How long the transfer may stay idle: `limit`, and [`AFTER_BODY`] more once an
@@ -70,10 +96,14 @@ impl Progress {
         }
     }
 
-    /// Time since bytes last moved.
+    /// Time since bytes last moved (on this transfer, or on its service's uploads).
     fn idle(&self) -> Duration {
         let now = self.start.elapsed();
-        now.saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+        let own = now.saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)));
+        match &self.service {
+            Some(s) => own.min(s.idle()),
+            None => own,
+        }
     }
 }
 
@@ -213,5 +243,62 @@ mod tests {
         let work = std::future::pending::<Result<(), Error>>();
         let e = watch(work, &p, limit, "svc").await.unwrap_err();
         assert_eq!(t.elapsed(), limit + AFTER_BODY, "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn uploads_sharing_a_moving_service_are_not_cut() {
+        let limit = Duration::from_secs(60);
+        let service = Progress::new();
+        // One upload waits 3 minutes for its turn while another to the same service
+        // moves every 20 s: neither is cut.
+        let waiting = Progress::upload(Arc::clone(&service));
+        let moving = Progress::upload(Arc::clone(&service));
+        let work = async {
+            for _ in 0..9 {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                moving.touch();
+            }
+            Ok::<_, Error>(1)
+        };
+        let t = tokio::time::Instant::now();
+        let turn = async {
+            tokio::time::sleep(Duration::from_secs(180)).await;
+            Ok::<_, Error>(2)
+        };
+        let (a, b) = tokio::join!(
+            watch(work, &moving, limit, "s"),
+            watch(turn, &waiting, limit, "s")
+        );
+        assert_eq!((a.unwrap(), b.unwrap()), (1, 2));
+        assert_eq!(t.elapsed(), Duration::from_secs(180));
+
+        // Once nothing to the service moves, an upload is cut 60 s after the last
+        // move of any of them.
+        let t = tokio::time::Instant::now();
+        let stuck = Progress::upload(Arc::clone(&service));
+        let e = watch(
+            std::future::pending::<Result<(), Error>>(),
+            &stuck,
+            limit,
+            "s",
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("stalled"), "{e}");
+        assert_eq!(t.elapsed(), limit);
+
+        // A download has its own clock only.
+        let other = Progress::new();
+        service.touch();
+        let t = tokio::time::Instant::now();
+        let e = watch(
+            std::future::pending::<Result<(), Error>>(),
+            &other,
+            limit,
+            "s",
+        )
+        .await;
+        assert!(e.is_err());
+        assert_eq!(t.elapsed(), limit);
     }
 }

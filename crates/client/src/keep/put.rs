@@ -417,7 +417,7 @@ impl KeepClient {
         if !classes.is_empty() {
             req = req.header("X-Keep-Storage-Classes", classes);
         }
-        let progress = Progress::new();
+        let progress = self.traffic.upload_progress(self.index_of(svc));
         let body = body(Arc::clone(&progress));
         let put = async {
             let resp = req

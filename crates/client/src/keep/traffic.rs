@@ -4,13 +4,18 @@
 //! `MaxConcurrentRequests`, §5.10; a proxy may answer 429). Shared by every clone of a
 //! [`KeepClient`](super::KeepClient); counters only grow.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::stall::Progress;
 
 /// Counters of one client's traffic. See the module docs.
 #[derive(Debug)]
 pub struct Traffic {
     received: AtomicU64,
     busy: Box<[AtomicU64]>,
+    /// Per service, when any upload to it last moved (stall detection).
+    uploads: Box<[Arc<Progress>]>,
 }
 
 impl Traffic {
@@ -18,6 +23,16 @@ impl Traffic {
         Traffic {
             received: AtomicU64::new(0),
             busy: (0..services).map(|_| AtomicU64::new(0)).collect(),
+            uploads: (0..services).map(|_| Progress::new()).collect(),
+        }
+    }
+
+    /// The stall clock of a new upload to service `i` (see [`Progress::upload`]); a
+    /// clock of its own when `i` is not one of the client's services.
+    pub(crate) fn upload_progress(&self, i: Option<usize>) -> Arc<Progress> {
+        match i.and_then(|i| self.uploads.get(i)) {
+            Some(s) => Progress::upload(Arc::clone(s)),
+            None => Progress::new(),
         }
     }
 
