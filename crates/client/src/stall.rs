@@ -67,7 +67,10 @@ impl Progress {
     /// again and cut again, and 200 blocks of 8 MiB at once made no progress in 13
     /// minutes (bench/run S7, --concurrency 256). A dead peer is still caught by the
     /// kernel (`TCP_USER_TIMEOUT`), and a keepstore drops a request it has not
-    /// finished after its `API.RequestTimeout` (§5.3).
+    /// finished after its `API.RequestTimeout` (§5.3). This halves such false stalls
+    /// but does not end them: a relay paces a block's uploads by the slowest, so
+    /// every upload to a service can wait at once; what the kernel has sent is what
+    /// would tell (issue 15).
     pub(crate) fn upload(service: Arc<Progress>) -> Arc<Progress> {
         Arc::new(Progress {
             start: tokio::time::Instant::now(),
