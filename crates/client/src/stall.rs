@@ -44,6 +44,9 @@ pub(crate) struct Progress {
     last_ms: AtomicU64,
     /// Set once an upload's whole body has been handed over.
     body_sent: std::sync::atomic::AtomicBool,
+    /// Set while a relayed upload waits for its next piece from the source: that
+    /// wait is the source's (or a slower sibling upload's), each watched on its own.
+    awaiting_piece: std::sync::atomic::AtomicBool,
     /// An upload's service: when any upload to it last moved (see [`Progress::upload`]).
     service: Option<Arc<Progress>>,
 }
@@ -55,6 +58,7 @@ impl Progress {
             start: tokio::time::Instant::now(),
             last_ms: AtomicU64::new(0),
             body_sent: std::sync::atomic::AtomicBool::new(false),
+            awaiting_piece: std::sync::atomic::AtomicBool::new(false),
             service: None,
         })
     }
@@ -67,15 +71,17 @@ impl Progress {
     /// again and cut again, and 200 blocks of 8 MiB at once made no progress in 13
     /// minutes (bench/run S7, --concurrency 256). A dead peer is still caught by the
     /// kernel (`TCP_USER_TIMEOUT`), and a keepstore drops a request it has not
-    /// finished after its `API.RequestTimeout` (§5.3). This halves such false stalls
-    /// but does not end them: a relay paces a block's uploads by the slowest, so
-    /// every upload to a service can wait at once; what the kernel has sent is what
-    /// would tell (issue 15).
+    /// finished after its `API.RequestTimeout` (§5.3). This reduces such false
+    /// stalls but does not end them: the kernel buffers of a few dozen connections
+    /// can hold more than a minute of a slow link, and then no upload to the service
+    /// takes a piece for that long; what the kernel has sent is what would tell
+    /// (issue 15).
     pub(crate) fn upload(service: Arc<Progress>) -> Arc<Progress> {
         Arc::new(Progress {
             start: tokio::time::Instant::now(),
             last_ms: AtomicU64::new(0),
             body_sent: std::sync::atomic::AtomicBool::new(false),
+            awaiting_piece: std::sync::atomic::AtomicBool::new(false),
             service: Some(service),
         })
     }
@@ -99,8 +105,12 @@ impl Progress {
         }
     }
 
-    /// Time since bytes last moved (on this transfer, or on its service's uploads).
+    /// Time since bytes last moved (on this transfer, or on its service's uploads);
+    /// none while a relayed upload waits for its next piece.
     fn idle(&self) -> Duration {
+        if self.awaiting_piece.load(Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
         let now = self.start.elapsed();
         let own = now.saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)));
         match &self.service {
@@ -152,15 +162,26 @@ pub(crate) fn channel_body(
     rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
     progress: Arc<Progress>,
 ) -> reqwest::Body {
-    let stream = futures::stream::unfold((rx, progress), |(mut rx, progress)| async move {
-        let Some(item) = rx.recv().await else {
+    reqwest::Body::wrap_stream(channel_pieces(rx, progress))
+}
+
+/// The pieces of [`channel_body`], as the HTTP stack takes them.
+fn channel_pieces(
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    progress: Arc<Progress>,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    futures::stream::unfold((rx, progress), |(mut rx, progress)| async move {
+        progress.awaiting_piece.store(true, Ordering::Relaxed);
+        let item = rx.recv().await;
+        // Waiting ends here: the clock restarts from this piece.
+        progress.touch();
+        progress.awaiting_piece.store(false, Ordering::Relaxed);
+        let Some(item) = item else {
             progress.body_done();
             return None;
         };
-        progress.touch();
         Some((item, (rx, progress)))
-    });
-    reqwest::Body::wrap_stream(stream)
+    })
 }
 
 impl Progress {
@@ -301,6 +322,34 @@ mod tests {
             "s",
         )
         .await;
+        assert!(e.is_err());
+        assert_eq!(t.elapsed(), limit);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relayed_upload_waiting_for_its_source_is_not_cut() {
+        use futures::StreamExt as _;
+        let limit = Duration::from_secs(60);
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let p = Progress::new();
+        let mut pieces = Box::pin(channel_pieces(rx, Arc::clone(&p)));
+        // The source (or a slower sibling upload) sends nothing for 5 minutes.
+        let feed = async {
+            tokio::time::sleep(Duration::from_secs(300)).await;
+            tx.send(Ok(Bytes::from_static(b"x"))).await.unwrap();
+        };
+        let take = async {
+            let first = pieces.next().await;
+            Ok::<_, Error>(first.map(|r| r.unwrap().len()))
+        };
+        let t = tokio::time::Instant::now();
+        let (taken, ()) = tokio::join!(watch(take, &p, limit, "s"), feed);
+        assert_eq!(taken.unwrap(), Some(1));
+        assert_eq!(t.elapsed(), Duration::from_secs(300));
+
+        // Holding a piece the HTTP stack does not take is a stall again, 60 s on.
+        let t = tokio::time::Instant::now();
+        let e = watch(std::future::pending::<Result<(), Error>>(), &p, limit, "s").await;
         assert!(e.is_err());
         assert_eq!(t.elapsed(), limit);
     }
