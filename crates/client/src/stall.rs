@@ -54,12 +54,16 @@ pub(crate) struct Progress {
 impl Progress {
     /// A clock that starts now.
     pub(crate) fn new() -> Arc<Progress> {
+        Progress::starting(None)
+    }
+
+    fn starting(service: Option<Arc<Progress>>) -> Arc<Progress> {
         Arc::new(Progress {
             start: tokio::time::Instant::now(),
             last_ms: AtomicU64::new(0),
             body_sent: std::sync::atomic::AtomicBool::new(false),
             awaiting_piece: std::sync::atomic::AtomicBool::new(false),
-            service: None,
+            service,
         })
     }
 
@@ -77,13 +81,7 @@ impl Progress {
     /// takes a piece for that long; what the kernel has sent is what would tell
     /// (issue 15).
     pub(crate) fn upload(service: Arc<Progress>) -> Arc<Progress> {
-        Arc::new(Progress {
-            start: tokio::time::Instant::now(),
-            last_ms: AtomicU64::new(0),
-            body_sent: std::sync::atomic::AtomicBool::new(false),
-            awaiting_piece: std::sync::atomic::AtomicBool::new(false),
-            service: Some(service),
-        })
+        Progress::starting(Some(service))
     }
 
     /// Records that bytes moved.

@@ -21,9 +21,10 @@ use std::time::Duration;
 pub const AUTO_START: usize = 128;
 /// Block data `auto` starts with in flight: larger blocks start fewer at once. On a
 /// LAN, 128 blocks of 1 MiB took 1.6x as long as 64, and 16 of 64 MiB at once 1.3x
-/// as long as one at a time (real keepstores take a 64 MiB buffer per request, and on
-/// real 3.2.1 keepstores 2 to 4 at once were still 1.2x slower than one: bench/run
-/// S3); more is tried as soon as it pays.
+/// as long as one at a time (real keepstores take a 64 MiB buffer per request; on
+/// real 3.2.1 keepstores, auto starting at 2 took 8.13 s against 6.81 s at a fixed 1,
+/// medians of 3 in `bench/run --only S2,S3,S6 --sweep ""`); more is tried as soon as
+/// it pays.
 pub const AUTO_START_BYTES: u64 = 64 << 20;
 
 /// Where `auto` starts for blocks of `mean_size` bytes on average: [`AUTO_START`],
@@ -36,10 +37,11 @@ pub fn auto_start(mean_size: u64) -> usize {
 }
 
 /// Block data `auto` holds in flight at most, for blocks read whole before they are
-/// written: past it, more blocks only queue on a LAN (bench/run S2, 1 MiB blocks:
-/// auto reached 256 in flight on noise and a peak RSS of 370 MB, no faster than 128
-/// at 200 MB), and across a WAN 128 MiB in flight still moves 1.3 GB/s at 100 ms per
-/// request. Relayed blocks hold a few pieces each, whatever their size.
+/// written: past it, more blocks only queue on a LAN (bench/run S2 on
+/// keep-testcluster, 1 MiB blocks: auto reached 256 in flight and a peak RSS of
+/// 372 MB; in the sweep before, a fixed 128 took 204 MiB and 8.09 s, a fixed 256
+/// 395 MiB and 11.27 s), and across a WAN 128 MiB in flight still moves 1.3 GB/s at
+/// 100 ms per request. Relayed blocks hold a few pieces each, whatever their size.
 pub const AUTO_MAX_BYTES: u64 = 128 << 20;
 
 /// The most blocks `auto` keeps in flight for blocks of `mean_size` bytes on average,
@@ -246,8 +248,8 @@ impl Tuner {
         if self.limit != before {
             // New slots start reading at once and fill the socket buffers on the
             // way in a burst that the links take a block's time to drain: measuring
-            // before that counts the burst as throughput (S7: 8 to 16 blocks looked
-            // 2x faster, then 7x slower).
+            // before that counts the burst as throughput (S7, 8 MiB blocks on links
+            // that move 7.5 MB/s of blocks: windows of 13.4 MB/s, then 0.97 MB/s).
             self.settle_until = now + block.min(10.0);
             self.low = self.low.min(self.limit);
             self.high = self.high.max(self.limit);
