@@ -61,6 +61,7 @@ pub mod locator;
 pub mod manifest;
 pub mod rendezvous;
 pub mod retry;
+mod send_queue;
 pub mod services;
 pub mod settings;
 pub mod signing;

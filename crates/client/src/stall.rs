@@ -17,7 +17,8 @@
 //! `API.RequestTimeout` (5 minutes by default, §5.3), so an answer later than that
 //! will not come. Uploads to one service also share a clock: one that waits for its
 //! socket to drain is not stalled while another to the same service moves
-//! ([`Progress::upload`]).
+//! ([`Progress::upload`]), and before one is called stalled the kernel's send queues
+//! to its service are looked at: if they moved, so did it (send_queue.rs).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use bytes::Bytes;
 use futures::Stream;
 
 use crate::error::Error;
+use crate::send_queue::{Seen, SendQueues};
 
 /// Upload pieces: small enough that a slow link still shows progress well within any
 /// sensible stall timeout (256 KiB at 50 kB/s is 5 s), large enough to cost nothing.
@@ -49,21 +51,31 @@ pub(crate) struct Progress {
     awaiting_piece: std::sync::atomic::AtomicBool,
     /// An upload's service: when any upload to it last moved (see [`Progress::upload`]).
     service: Option<Arc<Progress>>,
+    /// A service's clock: the send queues of the connections to it, looked at before
+    /// any of its uploads is called stalled.
+    queues: Option<SendQueues>,
 }
 
 impl Progress {
     /// A clock that starts now.
     pub(crate) fn new() -> Arc<Progress> {
-        Progress::starting(None)
+        Progress::starting(None, None)
     }
 
-    fn starting(service: Option<Arc<Progress>>) -> Arc<Progress> {
+    /// The shared clock of the uploads to the service at `url` (see
+    /// [`Progress::upload`]).
+    pub(crate) fn service(url: &str) -> Arc<Progress> {
+        Progress::starting(None, SendQueues::of_url(url))
+    }
+
+    fn starting(service: Option<Arc<Progress>>, queues: Option<SendQueues>) -> Arc<Progress> {
         Arc::new(Progress {
             start: tokio::time::Instant::now(),
             last_ms: AtomicU64::new(0),
             body_sent: std::sync::atomic::AtomicBool::new(false),
             awaiting_piece: std::sync::atomic::AtomicBool::new(false),
             service,
+            queues,
         })
     }
 
@@ -75,13 +87,30 @@ impl Progress {
     /// again and cut again, and 200 blocks of 8 MiB at once made no progress in 13
     /// minutes (bench/run S7, --concurrency 256). A dead peer is still caught by the
     /// kernel (`TCP_USER_TIMEOUT`), and a keepstore drops a request it has not
-    /// finished after its `API.RequestTimeout` (§5.3). This reduces such false
-    /// stalls but does not end them: the kernel buffers of a few dozen connections
-    /// can hold more than a minute of a slow link, and then no upload to the service
-    /// takes a piece for that long; what the kernel has sent is what would tell
-    /// (issue 15).
+    /// finished after its `API.RequestTimeout` (§5.3). The shared clock alone did
+    /// not end such false stalls: the kernel buffers of a few dozen connections can
+    /// hold more than a minute of a slow link, and then no upload to the service
+    /// takes a piece for that long. So before an upload is called stalled, [`watch`]
+    /// looks at what the kernel still has to send to the service (send_queue.rs).
     pub(crate) fn upload(service: Arc<Progress>) -> Arc<Progress> {
-        Progress::starting(Some(service))
+        Progress::starting(Some(service), None)
+    }
+
+    /// Whether the kernel moved bytes of this upload's service lately (see
+    /// send_queue.rs); a service that moved counts as a touch of its clock. Looks are
+    /// at least a quarter of the stall `limit` apart.
+    async fn kernel_look(&self, limit: Duration) -> Seen {
+        let Some(service) = &self.service else {
+            return Seen::Unknown;
+        };
+        let Some(queues) = &service.queues else {
+            return Seen::Unknown;
+        };
+        let seen = queues.look(limit / 4).await;
+        if seen == Seen::Moved {
+            service.touch();
+        }
+        seen
     }
 
     /// Records that bytes moved.
@@ -129,9 +158,13 @@ pub(crate) async fn watch<T>(
     tokio::pin!(fut);
     loop {
         let allowed = progress.allowed(limit);
-        let wait = allowed.saturating_sub(progress.idle());
+        let mut wait = allowed.saturating_sub(progress.idle());
         if wait.is_zero() {
-            return Err(stalled(service, allowed));
+            match progress.kernel_look(limit).await {
+                Seen::Moved => continue,
+                Seen::TooSoon(later) => wait = later,
+                Seen::Still | Seen::Unknown => return Err(stalled(service, allowed)),
+            }
         }
         tokio::select! {
             biased;

@@ -11,3 +11,4 @@ mod mock;
 mod relay;
 mod sdk_interop;
 mod settings;
+mod slow_link;

@@ -270,7 +270,7 @@ impl KeepClient {
     ) -> Result<KeepClient> {
         let http = http_client(&options.http_settings())?;
         Ok(KeepClient {
-            traffic: Arc::new(Traffic::new(services.len())),
+            traffic: Arc::new(Traffic::new(&services)),
             services,
             token,
             admin_token: None,
@@ -342,7 +342,7 @@ impl KeepClient {
             default_storage_classes: config.default_storage_classes,
         };
         let client = KeepClient {
-            traffic: Arc::new(Traffic::new(services.len())),
+            traffic: Arc::new(Traffic::new(&services)),
             services,
             token: token.clone(),
             admin_token: None,

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::services::KeepService;
 use crate::stall::Progress;
 
 /// Counters of one client's traffic. See the module docs.
@@ -19,11 +20,11 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    pub(crate) fn new(services: usize) -> Traffic {
+    pub(crate) fn new(services: &[KeepService]) -> Traffic {
         Traffic {
             received: AtomicU64::new(0),
-            busy: (0..services).map(|_| AtomicU64::new(0)).collect(),
-            uploads: (0..services).map(|_| Progress::new()).collect(),
+            busy: services.iter().map(|_| AtomicU64::new(0)).collect(),
+            uploads: services.iter().map(|s| Progress::service(&s.url)).collect(),
         }
     }
 
@@ -71,7 +72,13 @@ mod tests {
 
     #[test]
     fn busy_answers() {
-        let t = Traffic::new(2);
+        let svc = |i: u32| KeepService {
+            uuid: format!("zzzzz-bi6l4-{i:015}"),
+            url: format!("http://127.0.0.1:{}", 25107 + i),
+            service_type: crate::services::ServiceType::Disk,
+            read_only: false,
+        };
+        let t = Traffic::new(&[svc(0), svc(1)]);
         t.note_answer(Some(0), 503, "");
         t.note_answer(Some(0), 503, "Full\n"); // 2.x: storage full, not busy
         t.note_answer(Some(1), 429, "slow down");
