@@ -8,16 +8,16 @@
 //! arrives. [`watch`] runs the request against the clock.
 //!
 //! What the kernel does with an upload's bytes once the HTTP stack has handed them
-//! over cannot be seen from here: a socket's send buffer holds megabytes, which drain
-//! at the link's pace after the last piece is taken. Two things cover that time. The
+//! over is not seen by that clock: a socket's send buffer holds megabytes, which drain
+//! at the link's pace after the last piece is taken. Four things cover that time. The
 //! kernel closes a connection whose sent data stays unacknowledged for the stall
 //! timeout (`TCP_USER_TIMEOUT`, set on every connection), so a dead peer or link is
-//! still caught. And the wait for the answer after the whole body was handed over is
+//! still caught. The wait for the answer after the whole body was handed over is
 //! allowed [`AFTER_BODY`] more: a keepstore gives up on a request itself after its
 //! `API.RequestTimeout` (5 minutes by default, §5.3), so an answer later than that
-//! will not come. Uploads to one service also share a clock: one that waits for its
-//! socket to drain is not stalled while another to the same service moves
-//! ([`Progress::upload`]), and before one is called stalled the kernel's send queues
+//! will not come. Uploads to one service share a clock: one that waits for its socket
+//! to drain is not stalled while another to the same service moves
+//! ([`Progress::upload`]). And before one is called stalled, the kernel's send queues
 //! to its service are looked at: if they moved, so did it (send_queue.rs).
 
 use std::future::Future;
