@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use keep_client::BlockHash;
 use md5::{Digest, Md5};
-use tokio::sync::{OnceCell, mpsc};
+use tokio::sync::mpsc;
 
 /// One index entry: hash, stored size, mtime in ns.
 pub(crate) type IndexEntry = (BlockHash, u64, i64);
@@ -235,8 +235,8 @@ impl Volume {
                 let (hashes, mtime) = (std::sync::Arc::clone(&s.hashes), s.mtime);
                 IndexJob::Blocking(Box::new(move || {
                     let mut chunk = Vec::with_capacity(CHUNK);
-                    for (h, &len) in hashes.hashes.iter().zip(&hashes.lens) {
-                        let h = BlockHash(*h);
+                    for p in hashes.listing(&prefix) {
+                        let (h, len) = (BlockHash(hashes.hashes[p]), hashes.lens[p]);
                         if prefix.is_empty() || h.has_hex_prefix(&prefix) {
                             chunk.push((h, u64::from(len), mtime));
                             if chunk.len() == CHUNK
@@ -381,41 +381,96 @@ fn pattern(seed: u64) -> [u8; 176] {
 }
 
 /// A read-only volume of `n` derived blocks. Their hashes are computed once, when the
-/// volume is made (17 bytes per block, on all cores): a real keepstore lists its index
+/// volume is made (21 bytes per block, on all cores): a real keepstore lists its index
 /// from file names without reading data, so a listing must not cost an MD5 per line
 /// here either, or every index benchmark would mostly measure this test fixture
-/// (BENCHMARKS.md, S5). Listed in block order, which is random hash order, as a real
-/// volume's directory walk is within each directory.
+/// (BENCHMARKS.md, S5). Listed in the order a real Directory volume lists (keepstore
+/// 2.7.4 and 3.2.1, `unix_volume.go`): its `<3 hex>` directories in the order
+/// `Readdirnames` returns them (unsorted: a seeded shuffle here), the blocks of each
+/// sorted by name (`os.ReadDir` sorts); a prefix lists only the directories it
+/// matches.
 pub(crate) struct Synthetic {
     pub(crate) mtime: i64,
     seed: u64,
     hashes: std::sync::Arc<SyntheticHashes>,
-    /// (first 4 bytes of the hash, i), sorted: built on the first read.
-    table: OnceCell<std::sync::Arc<Vec<u64>>>,
 }
 
-/// Hash and length of every block of a synthetic volume, in block order.
+/// Every block of a synthetic volume, sorted by hash: its hash, length and block
+/// number (what its content derives from); where each `<3 hex>` directory starts; and
+/// the order the directories are listed in.
 struct SyntheticHashes {
     hashes: Vec<[u8; 16]>,
     lens: Vec<u8>,
+    blocks: Vec<u32>,
+    starts: Vec<usize>,
+    dirs: Vec<u16>,
+}
+
+/// The `<3 hex>` directory of a hash, as a number.
+fn dir_of(h: &[u8; 16]) -> usize {
+    (usize::from(h[0]) << 4) | usize::from(h[1] >> 4)
+}
+
+impl SyntheticHashes {
+    /// Sorts `(hash, length, block)` and indexes the directories.
+    fn new(mut all: Vec<([u8; 16], u8, u32)>, seed: u64) -> SyntheticHashes {
+        all.sort_unstable();
+        let mut starts = vec![0usize; 4097];
+        for (h, _, _) in &all {
+            starts[dir_of(h) + 1] += 1;
+        }
+        for d in 0..4096 {
+            starts[d + 1] += starts[d];
+        }
+        // Fisher-Yates with a xorshift generator: the same order for the same seed.
+        let mut dirs: Vec<u16> = (0..4096).collect();
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        for k in (1..dirs.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            dirs.swap(k, (x % (k as u64 + 1)) as usize);
+        }
+        SyntheticHashes {
+            hashes: all.iter().map(|e| e.0).collect(),
+            lens: all.iter().map(|e| e.1).collect(),
+            blocks: all.iter().map(|e| e.2).collect(),
+            starts,
+            dirs,
+        }
+    }
+
+    /// Positions of the entries listed for `prefix`, in listing order.
+    fn listing<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = usize> + 'a {
+        self.dirs
+            .iter()
+            .filter(move |&&d| {
+                let name = format!("{d:03x}");
+                name.starts_with(prefix) || prefix.starts_with(&name)
+            })
+            .flat_map(move |&d| self.starts[usize::from(d)]..self.starts[usize::from(d) + 1])
+    }
 }
 
 impl Synthetic {
     pub(crate) fn new(n: u64, seed: u64) -> Synthetic {
         assert!(n <= u64::from(u32::MAX), "at most 2^32-1 synthetic blocks");
         let len = usize::try_from(n).expect("fits in memory");
-        let mut hashes = vec![[0u8; 16]; len];
-        let mut lens = vec![0u8; len];
+        let mut all = vec![([0u8; 16], 0u8, 0u32); len];
         let threads = std::thread::available_parallelism().map_or(1, |p| p.get());
         let per = len.div_ceil(threads).max(1);
         std::thread::scope(|scope| {
-            for (k, (h, l)) in hashes.chunks_mut(per).zip(lens.chunks_mut(per)).enumerate() {
+            for (k, part) in all.chunks_mut(per).enumerate() {
                 scope.spawn(move || {
                     let mut buf = Vec::with_capacity(176);
-                    for (j, (h, l)) in h.iter_mut().zip(l.iter_mut()).enumerate() {
-                        synthetic_block_into(seed, (k * per + j) as u64, &mut buf);
-                        *h = Md5::digest(&buf).into();
-                        *l = u8::try_from(buf.len()).expect("at most 175 bytes");
+                    for (j, e) in part.iter_mut().enumerate() {
+                        let i = u32::try_from(k * per + j).expect("at most 2^32-1 blocks");
+                        synthetic_block_into(seed, u64::from(i), &mut buf);
+                        *e = (
+                            Md5::digest(&buf).into(),
+                            u8::try_from(buf.len()).expect("at most 175 bytes"),
+                            i,
+                        );
                     }
                 });
             }
@@ -423,46 +478,16 @@ impl Synthetic {
         Synthetic {
             mtime: now_ns(),
             seed,
-            hashes: std::sync::Arc::new(SyntheticHashes { hashes, lens }),
-            table: OnceCell::new(),
+            hashes: std::sync::Arc::new(SyntheticHashes::new(all, seed)),
         }
     }
 
+    #[allow(clippy::unused_async)] // the same shape as the other volumes' reads
     async fn get(&self, hash: &BlockHash) -> io::Result<Option<Bytes>> {
-        let hashes = std::sync::Arc::clone(&self.hashes);
-        let table = self
-            .table
-            .get_or_try_init(|| async move {
-                tokio::task::spawn_blocking(move || {
-                    let mut t: Vec<u64> = hashes
-                        .hashes
-                        .iter()
-                        .enumerate()
-                        .map(|(i, h)| {
-                            (u64::from(u32::from_be_bytes([h[0], h[1], h[2], h[3]])) << 32)
-                                | i as u64
-                        })
-                        .collect();
-                    t.sort_unstable();
-                    std::sync::Arc::new(t)
-                })
-                .await
-                .map_err(io::Error::other)
-            })
-            .await?;
-        let p = u64::from(u32::from_be_bytes([
-            hash.0[0], hash.0[1], hash.0[2], hash.0[3],
-        ]));
-        let start = table.partition_point(|&e| (e >> 32) < p);
-        for &e in &table[start..] {
-            if e >> 32 != p {
-                break;
-            }
-            let i = (e & 0xffff_ffff) as usize;
-            if self.hashes.hashes[i] == hash.0 {
-                return Ok(Some(Bytes::from(synthetic_block(self.seed, i as u64))));
-            }
-        }
-        Ok(None)
+        let h = &self.hashes;
+        Ok(h.hashes
+            .binary_search(&hash.0)
+            .ok()
+            .map(|p| Bytes::from(synthetic_block(self.seed, u64::from(h.blocks[p])))))
     }
 }

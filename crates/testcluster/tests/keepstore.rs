@@ -642,6 +642,43 @@ async fn synthetic_volume_lists_and_serves() {
         .map(|l| l.split(' ').next().unwrap())
         .collect();
     assert_eq!(locs.len(), 2000);
+    // Listed as a real Directory volume lists (keepstore 2.7.4 and 3.2.1,
+    // unix_volume.go): each `<3 hex>` directory's blocks together and sorted by name
+    // (os.ReadDir sorts), the directories themselves in readdir order, not sorted.
+    let dirs: Vec<&str> = locs.iter().map(|l| &l[..3]).collect();
+    let mut runs: Vec<&str> = dirs.clone();
+    runs.dedup();
+    let mut distinct = runs.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        runs.len(),
+        distinct.len(),
+        "a directory's blocks are listed together"
+    );
+    assert_ne!(runs, distinct, "directories in readdir order, not sorted");
+    for w in locs.windows(2) {
+        if w[0][..3] == w[1][..3] {
+            assert!(w[0] < w[1], "sorted within a directory: {} {}", w[0], w[1]);
+        }
+    }
+    // A prefix lists exactly the blocks it names, in the same order.
+    for prefix in ["0", "a7", "3f0"] {
+        let body = get_as(format!("{}/index/{prefix}", ks.url), c.system_root_token())
+            .await
+            .1;
+        let listed: Vec<&str> = body
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        let want: Vec<&str> = locs
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with(prefix))
+            .collect();
+        assert_eq!(listed, want, "prefix {prefix}");
+    }
     for loc in locs.iter().step_by(97) {
         let r = http()
             .get(format!("{}/{loc}", ks.url))
