@@ -136,13 +136,10 @@ impl Pace {
     }
 
     /// The block time [`Tuner::observe`] sizes its windows by: none before the first
-    /// block has finished. Until then what moves is start-up, not the pace: socket
+    /// block has finished, when what moves is start-up, not the pace: socket
     /// buffers filling (S7, 8 MiB blocks on 5 MB/s links: windows that saw no bytes
     /// took the limit from 8 down to 1 in 5 s), connections opening, and the
-    /// keepstores' first 64 MiB buffers (S3 on real 3.2.1 keepstores: a window from
-    /// the start measured 141 MB/s at 1 in flight, which ran at about 195 MB/s, and 2
-    /// at 182 MB/s looked like a gain; the default ran 5.89 s against 5.46 s at a
-    /// fixed 1).
+    /// keepstores' first 64 MiB buffers.
     pub fn tuning_time(&self) -> Option<Duration> {
         self.average
     }
@@ -218,13 +215,15 @@ impl Tuner {
         in_flight: usize,
     ) -> usize {
         let now = now.as_secs_f64();
-        // No block time yet (see [`Pace::tuning_time`]): the first window starts when
-        // the first block has finished. After a step down, the blocks already in
-        // flight run on: until they have drained to the new limit, a window would
-        // measure the old one (and every step down would look free).
+        // No block time yet (see [`Pace::tuning_time`]): no decision before the first
+        // block has finished. The first window still starts with the copy: starting
+        // it at the first finish instead cost a block's time on latency-bound links
+        // (S6: 2.75 s against 2.46 s in full bench runs; 3.07 against 2.91 s, medians
+        // of 3 single runs of S6's shape) and measured nothing better on S3 once windows
+        // span 8 blocks (below). After a step down, the blocks already in flight run
+        // on: until they have drained to the new limit, a window would measure the
+        // old one (and every step down would look free).
         let Some(block) = block_time.map(|b| b.as_secs_f64()) else {
-            self.start = now;
-            self.work = work;
             return self.limit;
         };
         if now < self.settle_until || in_flight > self.limit {
@@ -234,9 +233,11 @@ impl Tuner {
         }
         // Long enough to average over two turnovers of the blocks in flight (blocks
         // started together finish together, and each arrives in a burst as it
-        // starts) and over at least 8 blocks finishing (with 1 or 2 big blocks in
-        // flight, two turnovers are 2 to 4 blocks, and a window measured 176 to 226
-        // MB/s of the same steady copy: S3, 64 MiB blocks, real keepstores); short
+        // starts) and over at least 8 blocks finishing: with 1 or 2 big blocks in
+        // flight, two turnovers are 2 to 4 blocks, a window measured 176 to 226 MB/s
+        // of the same steady copy, and the first, with start-up in it, 141 MB/s at 1
+        // in flight, against which 2 looked like a gain (S3, 64 MiB blocks, real
+        // keepstores: the default took 5.89 s, a fixed 1 5.46 s); short
         // enough to follow a change within seconds on a LAN, or half a minute where a
         // block takes that long.
         let window = (2.0 * block)
@@ -545,16 +546,19 @@ mod tests {
         // S3 on real 3.2.1 keepstores, all on one 2-core machine: 64 MiB blocks, one
         // at a time moves 200 MB/s and two 185 MB/s (the servers' CPU is the limit);
         // for the first 0.6 s everything moves at 40% (connections opening, the
-        // keepstores' first 64 MiB buffers).
+        // keepstores' first 64 MiB buffers), and the first window includes that.
         let rate = |n: usize, t: f64| {
             let warm = if t < 0.6 { 0.4 } else { 1.0 };
             warm * if n == 1 { 200e6 } else { 185e6 }
         };
         let (size, burst, secs) = (64.0 * 1048576.0, 1048576.0, 6.0);
         let one = simulate_blocks(&rate, size, burst, Some(1), secs).0;
+        // Windows of two block times: 0.81 (limits 1 to 4); of 8 blocks: 0.94, and
+        // 2 in flight for the second half, which loses 7.5% here (on the real
+        // keepstores 2 and 1 measured alike).
         let (auto, range) = simulate_blocks(&rate, size, burst, None, secs);
         assert!(
-            auto >= 0.97 * one,
+            auto >= 0.93 * one,
             "{:.3} of a fixed 1, limits {range:?}",
             auto / one
         );
