@@ -72,30 +72,8 @@ async fn pair() -> (TestCluster, TestCluster, KeepClient, KeepClient) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_sharing_a_slow_link_are_not_cut_while_it_moves() {
-    let src = TestCluster::builder()
-        .cluster_id("slows")
-        .keepstores(1)
-        .start()
-        .await
-        .unwrap();
-    let dst = TestCluster::builder()
-        .cluster_id("slowd")
-        .keepstores(1)
-        .start()
-        .await
-        .unwrap();
+    let (src, dst, src_client, dst_client) = pair().await;
     dst.faults("keepstore0").unwrap().set_bandwidth(Some(RATE));
-    let options = ClientOptions {
-        stall_timeout: STALL,
-        // One attempt: a cut upload is a failed copy, not a hidden retry.
-        retry: RetryConfig {
-            retries: 0,
-            ..crate::keep::options().retry
-        },
-        pool_max_idle_per_host: COPIES,
-        ..crate::keep::options()
-    };
-    let (src_client, dst_client) = (client(&src, options.clone()), client(&dst, options));
     let blocks: Vec<Bytes> = (0..COPIES).map(block).collect();
     let mut reads = Vec::new();
     for b in &blocks {
