@@ -111,6 +111,15 @@ impl IndexParser {
                     line_number: self.lines + 1,
                 });
             }
+            if self.partial.is_empty() {
+                // Nearly every line: read it in place, without looking for its end first.
+                if let Some((entry, len)) = parse_whole_line(chunk) {
+                    self.lines += 1;
+                    self.entry(entry, &chunk[..len - 1], out)?;
+                    chunk = &chunk[len..];
+                    continue;
+                }
+            }
             match memchr::memchr(b'\n', chunk) {
                 Some(nl) => {
                     let (head, rest) = (&chunk[..nl], &chunk[nl + 1..]);
@@ -173,11 +182,80 @@ impl IndexParser {
             return Ok(());
         }
         let entry = parse_line(line).map_err(|p| self.malformed(line, n, p))?;
+        self.entry(entry, line, out)
+    }
+
+    /// Hands on the entry parsed from `line` (the latest line) if it has the prefix.
+    fn entry(
+        &self,
+        entry: IndexEntry,
+        line: &[u8],
+        out: &mut impl FnMut(IndexEntry),
+    ) -> Result<(), IndexError> {
         if !entry.hash.has_hex_prefix(&self.prefix) {
-            return Err(self.malformed(line, n, "entry does not match the requested prefix"));
+            let problem = "entry does not match the requested prefix";
+            return Err(self.malformed(line, self.lines, problem));
         }
         out(entry);
         Ok(())
+    }
+}
+
+/// The common case of [`parse_line`], fast: a well-formed line with its `\n` at the
+/// start of `buf`, with no sign on the mtime and numbers short enough that they cannot
+/// overflow a u64. Returns the entry and the line's length with its `\n`; `None` for
+/// anything else (a line cut by the chunk, or anything unusual), which then goes
+/// through the careful path, so both accept exactly the same lines.
+#[inline]
+fn parse_whole_line(buf: &[u8]) -> Option<(IndexEntry, usize)> {
+    if buf.len() < 37 || buf[32] != b'+' {
+        return None;
+    }
+    let hash = BlockHash::from_hex_bytes(&buf[..32])?;
+    // 19 digits always fit in a u64; an mtime also has to fit in an i64 (below).
+    let (size, size_end) = leading_digits(&buf[33..], 19)?;
+    let mtime_start = 33 + size_end + 1;
+    if buf.get(33 + size_end) != Some(&b' ') {
+        return None;
+    }
+    let (mtime, mtime_len) = leading_digits(buf.get(mtime_start..)?, 19)?;
+    let end = mtime_start + mtime_len;
+    if buf.get(end) != Some(&b'\n') {
+        return None;
+    }
+    let mtime = i64::try_from(mtime).ok()?;
+    let entry = IndexEntry {
+        hash,
+        size,
+        mtime_ns: mtime_ns(mtime),
+    };
+    Some((entry, end + 1))
+}
+
+/// The value of the 1 to `max` ASCII digits that start `s`, and how many there are;
+/// `None` if there are none, or more than `max`.
+#[inline]
+fn leading_digits(s: &[u8], max: usize) -> Option<(u64, usize)> {
+    let mut n = 0u64;
+    for (i, &c) in s.iter().enumerate().take(max + 1) {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return (i > 0).then_some((n, i));
+        }
+        if i == max {
+            return None;
+        }
+        n = n * 10 + u64::from(d);
+    }
+    None
+}
+
+/// 2015 keepstores sent seconds (§14); Go keep-balance treats < 1e12 as seconds.
+fn mtime_ns(mtime: i64) -> i64 {
+    if mtime < 1_000_000_000_000 {
+        mtime.saturating_mul(1_000_000_000)
+    } else {
+        mtime
     }
 }
 
@@ -200,16 +278,10 @@ fn parse_line(line: &[u8]) -> Result<IndexEntry, &'static str> {
             "the mtime is not a decimal integer"
         });
     };
-    // 2015 keepstores sent seconds (§14); Go keep-balance treats < 1e12 as seconds.
-    let mtime_ns = if mtime < 1_000_000_000_000 {
-        mtime.saturating_mul(1_000_000_000)
-    } else {
-        mtime
-    };
     Ok(IndexEntry {
         hash,
         size,
-        mtime_ns,
+        mtime_ns: mtime_ns(mtime),
     })
 }
 
@@ -377,6 +449,77 @@ mod tests {
                 parse_chunks("", &[&b[..i], &b[i..j], &b[j..]]).unwrap(),
                 want
             );
+        }
+    }
+
+    /// The fast path accepts exactly what the careful one does, with the same entry:
+    /// valid lines with numbers of every length around the overflow limits, and random
+    /// edits of them (seed printed).
+    #[test]
+    fn the_fast_path_agrees_with_the_careful_one() {
+        use rand::rngs::SmallRng;
+        use rand::{Rng, SeedableRng};
+        let check = |line: &[u8]| {
+            let mut buf = line.to_vec();
+            buf.extend_from_slice(b"\nnext");
+            let careful = parse_line(line).ok();
+            match parse_whole_line(&buf) {
+                Some((entry, len)) => {
+                    assert_eq!(Some(entry), careful, "{:?}", String::from_utf8_lossy(line));
+                    assert_eq!(len, line.len() + 1);
+                }
+                // Only unusual lines may take the careful path: a signed mtime, or
+                // numbers long enough to need an overflow check.
+                None => {
+                    let text = String::from_utf8_lossy(line);
+                    if careful.is_some() {
+                        let (_, numbers) = text.split_at(33);
+                        let (size, mtime) = numbers.split_once(' ').unwrap();
+                        assert!(
+                            size.len() > 19 || mtime.len() > 19 || mtime.starts_with('-'),
+                            "{text:?}"
+                        );
+                    }
+                }
+            }
+        };
+        for size in [
+            "0",
+            "3",
+            "67108864",
+            "18446744073709551615",
+            "18446744073709551616",
+        ] {
+            for mtime in [
+                "0",
+                "1443559274",
+                "999999999999",
+                "1700000000123456789",
+                "9223372036854775807",
+                "9223372036854775808",
+                "-1",
+                "-9223372036854775808",
+                "99999999999999999999",
+            ] {
+                check(format!("{FOO}+{size} {mtime}").as_bytes());
+            }
+        }
+        let seed = rand::rng().random::<u64>();
+        println!("seed {seed}");
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let alphabet = b"0123456789abcdefA+ -x\n";
+        for _ in 0..20_000 {
+            let mut line =
+                format!("{FOO}+{} {}", rng.random::<u32>(), rng.random::<i64>() >> 1).into_bytes();
+            for _ in 0..rng.random_range(0..3) {
+                let i = rng.random_range(0..line.len());
+                line[i] = alphabet[rng.random_range(0..alphabet.len())];
+            }
+            // A line never holds its own newline: the careful path splits there.
+            if let Some(nl) = line.iter().position(|&c| c == b'\n') {
+                line.truncate(nl);
+            }
+            check(&line);
         }
     }
 
