@@ -153,7 +153,7 @@ pub struct Cli {
 
     /// Blocks copied at once: auto, or a fixed number (1 to 1024). auto starts at 128
     /// (fewer for big blocks: about 64 MiB in flight) and follows the throughput it
-    /// measures, up to 256 (or 128 MiB of blocks up to 4 MiB, which are held whole):
+    /// measures, up to 256 (or 64 MiB of blocks up to 4 MiB, which are held whole):
     /// higher across a WAN, lower on a busy LAN; a keep service that answers 503 gets
     /// fewer at once, and none holds more than twice its share. Memory is bounded
     /// separately, by --max-buffer-memory.

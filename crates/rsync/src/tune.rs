@@ -573,7 +573,7 @@ mod tests {
         assert_eq!(auto_start(8 << 20), 8);
         assert_eq!(auto_start(64 << 20), 1);
         assert_eq!(auto_start(0), AUTO_START);
-        // Held whole: at most 128 MiB in flight; relayed: any number.
+        // Held whole: at most 64 MiB in flight; relayed: any number.
         assert_eq!(auto_max(64 << 10, true), AUTO_MAX);
         assert_eq!(auto_max(256 << 10, true), AUTO_MAX);
         assert_eq!(auto_max(1 << 20, true), 64);
