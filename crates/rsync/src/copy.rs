@@ -518,7 +518,7 @@ fn retune<I: Iterator<Item = Todo>>(
     if let Some(t) = tuner {
         let work = st.received() + pace.finished * BLOCK_WEIGHT;
         let now = began.elapsed();
-        *limit = t.observe(now, work, pace.tuning_time(), in_flight);
+        *limit = t.observe(now, work, pace.finished, pace.tuning_time(), in_flight);
     }
 }
 
