@@ -6,10 +6,10 @@
 //! the same bandwidth. [`Tuner`] finds it from what it measures, by hill climbing on
 //! throughput: it doubles the limit while doubling pays (small blocks, which start at
 //! half the maximum, double once half the first blocks have finished and keep it if
-//! block times say it paid), steps down while less loses nothing, and probes a step up and a step
-//! down now and then, keeping what moved more. Busy answers (503 beyond a keepstore's
-//! `MaxConcurrentRequests`) are handled per service by the scheduler (`copy.rs`), so
-//! one overloaded keepstore does not slow the others.
+//! block times say it paid), steps down while less loses nothing, and probes a step
+//! up and a step down now and then, keeping what moved more. Busy answers (503 beyond
+//! a keepstore's `MaxConcurrentRequests`) are handled per service by the scheduler
+//! (`copy.rs`), so one overloaded keepstore does not slow the others.
 //!
 //! Pure state machine: it is fed the clock and counters and returns the limit, so
 //! the tests drive it with simulated links.
@@ -163,9 +163,9 @@ enum State {
     Steady { windows: u32, up_next: bool },
     /// Trying `limit` against `base` (the limit and rate before the probe).
     Probing { base: (usize, f64), up: bool },
-    /// Doubled to the maximum at the first finished block, before any window could
-    /// measure a rate: judged on block times instead (see [`Tuner::observe`]). `from`
-    /// is the limit before and the block time then.
+    /// Doubled to the maximum once half the first blocks had finished, before any
+    /// window could measure a rate: judged on block times instead (see
+    /// [`Tuner::observe`]). `from` is the limit before and the block time then.
     Leaped { from: (usize, f64) },
 }
 
@@ -624,7 +624,7 @@ mod tests {
     }
 
     #[test]
-    fn a_latency_bound_start_leaps_at_the_first_block() {
+    fn a_latency_bound_start_doubles_early() {
         // S6: 64 KiB blocks, 100 ms per request and two requests per block, so each
         // takes 0.2 s however many are in flight; the copy lasts a few seconds.
         let rate = |n: usize, _| n as f64 * 65536.0 / 0.2;
