@@ -201,6 +201,25 @@ async fn copy_one(
     exclude.extend(opts.skip_dst.iter().copied());
     exclude.extend(shared.full.lock().expect("full lock").iter().copied());
     let target = target(dst, plan, &todo, shared, &exclude);
+    let candidates = dst.client.writable_order_indexes(&target.hash);
+    if target.need > 0 && candidates.iter().all(|i| exclude.contains(i)) {
+        // Every writable service lists it, is down or is full. (A block whose copy
+        // first runs after the run learned that the destination is full lands here.)
+        // Nothing is read: no write could take it.
+        let (kind, why) = nowhere_to_write(
+            &opts.skip_dst,
+            &shared.full.lock().expect("full lock"),
+            &exclude,
+        );
+        return Outcome::Failed {
+            failure: Failure {
+                locator: loc.to_string(),
+                kind,
+                detail: format!("not copied: {why}"),
+            },
+            full: Vec::new(),
+        };
+    }
     let streamed = todo.size() > STREAM_ABOVE;
     // Held until the block is written (or given up): what the copy holds in memory,
     // the block (buffered) or the relay's pieces (streamed).
@@ -259,23 +278,11 @@ async fn copy_one(
             if matches!(&e, keep_client::Error::InsufficientReplicas { failures, .. }
                 if failures.is_empty()) =>
         {
-            let full = shared.full.lock().expect("full lock").clone();
-            let (kind, why) = if opts.skip_dst.iter().any(|s| exclude.contains(s)) {
-                (
-                    FailureKind::DestinationUnavailable,
-                    "the other writable keep services could not be reached",
-                )
-            } else if full.iter().any(|s| exclude.contains(s)) {
-                (
-                    FailureKind::DestinationFull,
-                    "the other writable keep services are full",
-                )
-            } else {
-                (
-                    FailureKind::DestinationError,
-                    "no other writable keep service could take it",
-                )
-            };
+            let (kind, why) = nowhere_to_write(
+                &opts.skip_dst,
+                &shared.full.lock().expect("full lock"),
+                &exclude,
+            );
             Outcome::Failed {
                 failure: Failure {
                     locator: loc.to_string(),
@@ -286,6 +293,32 @@ async fn copy_one(
             }
         }
         Err(e) => fail(FailureKind::of_write(&e), &e),
+    }
+}
+
+/// Why a block has no writable service left to try, `exclude` being the services
+/// its write left out: some are down (`skipped` from the start), full (as far as the
+/// run knows now, `full`), or neither (they all list it already).
+fn nowhere_to_write(
+    skipped: &[usize],
+    full: &[usize],
+    exclude: &[usize],
+) -> (FailureKind, &'static str) {
+    if skipped.iter().any(|s| exclude.contains(s)) {
+        (
+            FailureKind::DestinationUnavailable,
+            "the other writable keep services could not be reached",
+        )
+    } else if full.iter().any(|s| exclude.contains(s)) {
+        (
+            FailureKind::DestinationFull,
+            "the other writable keep services are full",
+        )
+    } else {
+        (
+            FailureKind::DestinationError,
+            "no other writable keep service could take it",
+        )
     }
 }
 
@@ -550,6 +583,22 @@ fn note_full(dst: &Cluster, shared: &Shared<'_>, plan: &Plan, newly: &[String]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_service_left_says_why() {
+        let kind =
+            |skipped: &[usize], full: &[usize]| nowhere_to_write(skipped, full, &[0, 1, 2]).0;
+        assert_eq!(kind(&[], &[0, 1, 2]), FailureKind::DestinationFull);
+        assert_eq!(kind(&[], &[2]), FailureKind::DestinationFull);
+        // Down outranks full: a later run may find the service up, with room.
+        assert_eq!(kind(&[1], &[0, 2]), FailureKind::DestinationUnavailable);
+        assert_eq!(kind(&[], &[]), FailureKind::DestinationError);
+        // Full services this write did not leave out say nothing about it.
+        assert_eq!(
+            nowhere_to_write(&[], &[3], &[0, 1]).0,
+            FailureKind::DestinationError
+        );
+    }
 
     #[test]
     fn verdicts() {

@@ -509,8 +509,15 @@ async fn destination_all_full() {
     }
     let before = holdings(&p.src).await;
     let list = p.dir.path().join("failed.txt");
+    let report = p.dir.path().join("report.json");
     let r = p
-        .rsync(&["-q", "--failed-list", list.to_str().unwrap()])
+        .rsync(&[
+            "-q",
+            "--failed-list",
+            list.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ])
         .await;
     r.assert_code(2);
     assert!(
@@ -524,7 +531,8 @@ async fn destination_all_full() {
     let listed = std::fs::read_to_string(&list).unwrap();
     assert!(
         !listed.is_empty() && listed.lines().all(|l| l.ends_with(" destination-full")),
-        "{listed}"
+        "{listed}\nthe report, for each failure's detail:\n{}",
+        std::fs::read_to_string(&report).unwrap_or_default()
     );
     assert_tokens_isolated(&p);
     figure(
