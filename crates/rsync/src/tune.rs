@@ -6,10 +6,12 @@
 //! the same bandwidth. [`Tuner`] finds it from what it measures, by hill climbing on
 //! throughput: it doubles the limit while doubling pays (small blocks, which start at
 //! half the maximum, double once half the first blocks have finished and keep it if
-//! block times say it paid), steps down while less loses nothing, and probes a step
-//! up and a step down now and then, keeping what moved more. Busy answers (503 beyond
-//! a keepstore's `MaxConcurrentRequests`) are handled per service by the scheduler
-//! (`copy.rs`), so one overloaded keepstore does not slow the others.
+//! block times say it paid; big blocks, which start at one or two, take their first
+//! step after two turnovers and keep it only if blocks then finish clearly faster),
+//! steps down while less loses nothing, and probes a step up and a step down now
+//! and then, keeping what moved more. Busy answers (503 beyond a keepstore's
+//! `MaxConcurrentRequests`) are handled per service by the scheduler (`copy.rs`), so
+//! one overloaded keepstore does not slow the others.
 //!
 //! Pure state machine: it is fed the clock and counters and returns the limit, so
 //! the tests drive it with simulated links.
@@ -155,6 +157,10 @@ const NOISE: f64 = 0.05;
 const DOUBLING_PAYS: f64 = 0.15;
 /// Windows in the steady state between two probes.
 const PROBE_EVERY: u32 = 3;
+/// Below this many blocks in flight, a window (at least 8 blocks finishing) spans
+/// more than two block times, and the first step up is judged on blocks finishing
+/// instead (see [`Tuner::observe`]).
+const FEW: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum State {
@@ -168,6 +174,13 @@ enum State {
     /// window could measure a rate: judged on block times instead (see
     /// [`Tuner::observe`]). `from` is the limit before and the block time then.
     Leaped { from: (usize, f64) },
+    /// Doubled from fewer than [`FEW`] in flight: judged once as many blocks as are
+    /// now in flight have finished. `from` is the limit before and its blocks per
+    /// second, `at` the clock and counters (work, blocks finished) at the step.
+    Stepped {
+        from: (usize, f64),
+        at: (f64, u64, u64),
+    },
 }
 
 /// Hill climbing on throughput. See the module docs.
@@ -184,6 +197,8 @@ pub struct Tuner {
     /// Limits taken, for the report: lowest and highest.
     low: usize,
     high: usize,
+    /// The clock and blocks finished at the end of the first turnover.
+    first: Option<(f64, u64)>,
 }
 
 impl Tuner {
@@ -199,6 +214,7 @@ impl Tuner {
             settle_until: 0.0,
             low: start,
             high: start,
+            first: None,
         }
     }
 
@@ -257,6 +273,12 @@ impl Tuner {
             self.changed(now, work, block, before, None);
             return self.limit;
         }
+        if self.state == (State::Growing { prev: None }) && self.limit < FEW.min(self.max) {
+            return self.step_from_few(now, work, finished, block);
+        }
+        if let State::Stepped { from, at } = self.state {
+            return self.judge_step(now, work, finished, block, from, at);
+        }
         if now < self.settle_until || in_flight > self.limit {
             self.start = now;
             self.work = work;
@@ -302,6 +324,75 @@ impl Tuner {
         self.limit
     }
 
+    /// The first step up from fewer than [`FEW`] in flight (big blocks: 64 MiB start
+    /// at 1). A window there spans 8 blocks, half of S3's 16, and then the first
+    /// window always doubles, so half of S3 ran at 2, which on real keepstores moves
+    /// no more than 1 (their CPU is the limit): 0.93 of a fixed 1 in a bench run. Blocks
+    /// finished per second at this limit are counted over two turnovers from the end
+    /// of the first (start-up left out: the keepstores' first buffers, connections
+    /// opening), then the limit doubles and [`Tuner::judge_step`] decides after one
+    /// turnover at the new limit.
+    fn step_from_few(&mut self, now: f64, work: u64, finished: u64, block: f64) -> usize {
+        let Some((t, f)) = self.first else {
+            if finished > self.limit as u64 {
+                self.first = Some((now, finished));
+            }
+            return self.limit;
+        };
+        let before = self.limit;
+        if finished < f + 2 * before as u64 || now <= t {
+            return self.limit;
+        }
+        let blocks = (finished - f) as f64 / (now - t);
+        self.state = State::Stepped {
+            from: (before, blocks),
+            at: (now, work, finished),
+        };
+        self.set(before * 2);
+        self.changed(now, work, block, before, None);
+        self.limit
+    }
+
+    /// After a step from fewer than [`FEW`]: once as many blocks as are in flight
+    /// have finished, blocks finished per second since the step against before. A
+    /// clear gain (a link where each block is slow whatever else moves) grows on;
+    /// anything less goes back. Blocks, not bytes received: the blocks started when
+    /// the first of a turnover finished send their first bytes at once, and counted
+    /// in bytes two in flight looked 13 to 28% faster than one in 4 of 6 runs of S3's
+    /// shape on real keepstores, where the copy took no less time (medians 5.47 s
+    /// with the step, 5.79 s at a fixed 1). The blocks that start at one in flight
+    /// are 32 to 64 MiB, alike enough to be counted.
+    fn judge_step(
+        &mut self,
+        now: f64,
+        work: u64,
+        finished: u64,
+        block: f64,
+        (l, r): (usize, f64),
+        (t, w, f): (f64, u64, u64),
+    ) -> usize {
+        let limit = self.limit;
+        if finished < f + limit as u64 || now <= t {
+            return limit;
+        }
+        let blocks = (finished - f) as f64 / (now - t);
+        let rate = work.saturating_sub(w) as f64 / (now - t);
+        if blocks >= r * (1.0 + DOUBLING_PAYS) && limit < self.max {
+            self.state = State::Growing {
+                prev: Some((limit, rate)),
+            };
+            self.set(limit * 2);
+        } else {
+            self.state = State::Steady {
+                windows: 0,
+                up_next: false,
+            };
+            self.set(l);
+        }
+        self.changed(now, work, block, limit, Some(rate));
+        self.limit
+    }
+
     /// After the limit changed from `before`: a new window, once it has settled.
     fn changed(&mut self, now: f64, work: u64, block: f64, before: usize, rate: Option<f64>) {
         self.start = now;
@@ -323,6 +414,8 @@ impl Tuner {
     fn decide(&mut self, rate: f64, block: f64) {
         let limit = self.limit;
         match self.state {
+            // Judged on blocks finishing, in `observe`.
+            State::Stepped { .. } => {}
             State::Leaped { from: (l, then) } => {
                 // No rate was measured before the leap, but blocks in flight over the
                 // time each takes is the rate in blocks (Little's law): where requests
@@ -626,11 +719,26 @@ mod tests {
             warm * if n == 1 { 200e6 } else { 185e6 }
         };
         let (size, burst, secs) = (64.0 * 1048576.0, 1048576.0, 6.0);
-        // Windows of two block times: 0.81 (limits 1 to 4); of 8 blocks: 0.94, and
-        // 2 in flight for the second half, which loses 7.5% here (on the real
-        // keepstores 2 and 1 measured alike).
+        // Windows of two block times from the start: 0.81 (limits 1 to 4); of 8
+        // blocks: 0.938, with 2 in flight for the second half, which loses 7.5% here.
+        // Judged on blocks finishing (from the first block's end, two at 1, then one
+        // turnover at 2): 1.000.
         let (share, range) = auto_share(&rate, size, burst, 1, secs);
-        assert!(share >= 0.93, "{share:.3} of a fixed 1, limits {range:?}");
+        assert!(share >= 0.97, "{share:.3} of a fixed 1, limits {range:?}");
+    }
+
+    #[test]
+    fn big_blocks_on_a_long_link_climb() {
+        // 64 MiB blocks across a WAN: each stream moves 20 MB/s however many run (the
+        // round trip limits it), up to 400 MB/s in all. A fixed 32 is the best of the
+        // sweep.
+        let rate = |n: usize, _| (n as f64 * 20e6).min(400e6);
+        let (size, burst, secs) = (64.0 * 1048576.0, 4.0 * 1048576.0, 120.0);
+        // With a first window of 8 blocks at 1: 0.463 of a fixed 32 in two minutes;
+        // with the first step judged on blocks finishing: 0.719.
+        let (share, range) = auto_share(&rate, size, burst, 32, secs);
+        assert!(share >= 0.7, "{share:.3} of a fixed 32, limits {range:?}");
+        assert!(range.1 >= 16, "limits {range:?}");
     }
 
     #[test]
