@@ -7,7 +7,7 @@
 //! throughput: it doubles the limit while doubling pays (small blocks, which start at
 //! half the maximum, double once half the first blocks have finished and keep it if
 //! block times say it paid; big blocks, which start at one or two, take their first
-//! step after two turnovers and keep it only if blocks then finish clearly faster),
+//! step after a few turnovers and keep it if blocks then finish faster),
 //! steps down while less loses nothing, and probes a step up and a step down now
 //! and then, keeping what moved more. Busy answers (503 beyond a keepstore's
 //! `MaxConcurrentRequests`) are handled per service by the scheduler (`copy.rs`), so
@@ -174,12 +174,14 @@ enum State {
     /// window could measure a rate: judged on block times instead (see
     /// [`Tuner::observe`]). `from` is the limit before and the block time then.
     Leaped { from: (usize, f64) },
-    /// Doubled from fewer than [`FEW`] in flight: judged once as many blocks as are
-    /// now in flight have finished. `from` is the limit before and its blocks per
-    /// second, `at` the clock and counters (work, blocks finished) at the step.
+    /// Doubled from fewer than [`FEW`] in flight: judged over the second turnover
+    /// at the new limit. `from` is the limit before and its blocks per second, `at`
+    /// the clock and counters (work, blocks finished) at the step, then at the end
+    /// of the first turnover (`settled`).
     Stepped {
         from: (usize, f64),
         at: (f64, u64, u64),
+        settled: bool,
     },
 }
 
@@ -276,8 +278,8 @@ impl Tuner {
         if self.state == (State::Growing { prev: None }) && self.limit < FEW.min(self.max) {
             return self.step_from_few(now, work, finished, block);
         }
-        if let State::Stepped { from, at } = self.state {
-            return self.judge_step(now, work, finished, block, from, at);
+        if let State::Stepped { from, at, settled } = self.state {
+            return self.judge_step(now, (work, finished), block, from, at, settled);
         }
         if now < self.settle_until || in_flight > self.limit {
             self.start = now;
@@ -326,12 +328,12 @@ impl Tuner {
 
     /// The first step up from fewer than [`FEW`] in flight (big blocks: 64 MiB start
     /// at 1). A window there spans 8 blocks, half of S3's 16, and then the first
-    /// window always doubles, so half of S3 ran at 2, which on real keepstores moves
-    /// no more than 1 (their CPU is the limit): 0.93 of a fixed 1 in a bench run. Blocks
-    /// finished per second at this limit are counted over two turnovers from the end
-    /// of the first (start-up left out: the keepstores' first buffers, connections
-    /// opening), then the limit doubles and [`Tuner::judge_step`] decides after one
-    /// turnover at the new limit.
+    /// window always doubles, so half of S3 ran at 2, judged over as long again (on
+    /// real keepstores, where 2 move no more than 1, 0.93 of a fixed 1 in a bench
+    /// run). Blocks finished per second at this limit are counted over two turnovers
+    /// from the end of the first (start-up left out: the keepstores' first buffers,
+    /// connections opening), then the limit doubles and [`Tuner::judge_step`] decides
+    /// after two turnovers at the new limit.
     fn step_from_few(&mut self, now: f64, work: u64, finished: u64, block: f64) -> usize {
         let Some((t, f)) = self.first else {
             if finished > self.limit as u64 {
@@ -347,49 +349,70 @@ impl Tuner {
         self.state = State::Stepped {
             from: (before, blocks),
             at: (now, work, finished),
+            settled: false,
         };
         self.set(before * 2);
         self.changed(now, work, block, before, None);
         self.limit
     }
 
-    /// After a step from fewer than [`FEW`]: once as many blocks as are in flight
-    /// have finished, blocks finished per second since the step against before. A
-    /// clear gain (a link where each block is slow whatever else moves) grows on;
-    /// anything less goes back. Blocks, not bytes received: the blocks started when
-    /// the first of a turnover finished send their first bytes at once, and counted
-    /// in bytes two in flight looked 13 to 28% faster than one in 4 of 6 runs of S3's
-    /// shape on real keepstores, where the copy took no less time (medians 5.47 s
-    /// with the step, 5.79 s at a fixed 1). The blocks that start at one in flight
-    /// are 32 to 64 MiB, alike enough to be counted.
+    /// After a step from fewer than [`FEW`]: blocks finished per second over the
+    /// second turnover at the new limit against before. The first is skipped: the
+    /// blocks started together at the step run in step (reading at once, then
+    /// writing at once), and on keep-testcluster, where two in flight move 15% more
+    /// than one once their phases drift apart (S3's shape, 32 × 64 MiB: medians
+    /// 11.52 s against 13.64 s), the first turnover measured gains of 0.99 and 1.03.
+    /// A clear gain (a link where each block is slow whatever else moves) grows on,
+    /// a small one holds, none goes back. Blocks, not bytes received: the blocks
+    /// started during a turnover send their first bytes at once, and counted in
+    /// bytes two in flight looked 13 to 28% faster than one in 4 of 6 runs of S3's
+    /// shape on real keepstores, where they were not. The blocks that start at one
+    /// in flight are 32 to 64 MiB, alike enough to be counted.
     fn judge_step(
         &mut self,
         now: f64,
-        work: u64,
-        finished: u64,
+        (work, finished): (u64, u64),
         block: f64,
         (l, r): (usize, f64),
         (t, w, f): (f64, u64, u64),
+        settled: bool,
     ) -> usize {
         let limit = self.limit;
         if finished < f + limit as u64 || now <= t {
             return limit;
         }
+        if !settled {
+            self.state = State::Stepped {
+                from: (l, r),
+                at: (now, work, finished),
+                settled: true,
+            };
+            return limit;
+        }
         let blocks = (finished - f) as f64 / (now - t);
         let rate = work.saturating_sub(w) as f64 / (now - t);
-        if blocks >= r * (1.0 + DOUBLING_PAYS) && limit < self.max {
+        let gain = blocks / r;
+        tracing::debug!(from = l, to = limit, gain, "first step up judged");
+        if gain >= 1.0 + DOUBLING_PAYS && limit < self.max {
             self.state = State::Growing {
                 prev: Some((limit, rate)),
             };
             self.set(limit * 2);
         } else {
+            if gain < 1.0 + NOISE {
+                self.set(l);
+            }
             self.state = State::Steady {
                 windows: 0,
                 up_next: false,
             };
-            self.set(l);
         }
-        self.changed(now, work, block, limit, Some(rate));
+        if self.limit == limit {
+            self.start = now;
+            self.work = work;
+        } else {
+            self.changed(now, work, block, limit, Some(rate));
+        }
         self.limit
     }
 
@@ -721,8 +744,8 @@ mod tests {
         let (size, burst, secs) = (64.0 * 1048576.0, 1048576.0, 6.0);
         // Windows of two block times from the start: 0.81 (limits 1 to 4); of 8
         // blocks: 0.938, with 2 in flight for the second half, which loses 7.5% here.
-        // Judged on blocks finishing (from the first block's end, two at 1, then one
-        // turnover at 2): 1.000.
+        // Judged on blocks finishing (two turnovers at 1 from the end of the first,
+        // then the second turnover at 2): 1.000.
         let (share, range) = auto_share(&rate, size, burst, 1, secs);
         assert!(share >= 0.97, "{share:.3} of a fixed 1, limits {range:?}");
     }
@@ -735,9 +758,9 @@ mod tests {
         let rate = |n: usize, _| (n as f64 * 20e6).min(400e6);
         let (size, burst, secs) = (64.0 * 1048576.0, 4.0 * 1048576.0, 120.0);
         // With a first window of 8 blocks at 1: 0.463 of a fixed 32 in two minutes;
-        // with the first step judged on blocks finishing: 0.719.
+        // with the first step judged on blocks finishing: 0.676.
         let (share, range) = auto_share(&rate, size, burst, 32, secs);
-        assert!(share >= 0.7, "{share:.3} of a fixed 32, limits {range:?}");
+        assert!(share >= 0.65, "{share:.3} of a fixed 32, limits {range:?}");
         assert!(range.1 >= 16, "limits {range:?}");
     }
 
