@@ -366,8 +366,9 @@ impl Tuner {
     /// a small one holds, none goes back. Blocks, not bytes received: the blocks
     /// started during a turnover send their first bytes at once, and counted in
     /// bytes two in flight looked 13 to 28% faster than one in 4 of 6 runs of S3's
-    /// shape on real keepstores, where they were not. The blocks that start at one
-    /// in flight are 32 to 64 MiB, alike enough to be counted.
+    /// shape on real keepstores, where they were not. Copies start below [`FEW`]
+    /// when their blocks average over 16 MiB; where sizes are mixed the count is
+    /// noisier, and the steady state's probes correct a wrong call later.
     fn judge_step(
         &mut self,
         now: f64,
@@ -445,6 +446,7 @@ impl Tuner {
                 // wait on latency, twice the blocks take as long each, and doubling
                 // paid; where the servers were already busy, each takes twice as long.
                 let gain = (limit as f64 / block) / (l as f64 / then);
+                tracing::debug!(from = l, to = limit, gain, "leap judged");
                 if gain < 1.0 + NOISE {
                     self.set(l);
                 }
