@@ -201,24 +201,25 @@ async fn copy_one(
     exclude.extend(opts.skip_dst.iter().copied());
     exclude.extend(shared.full.lock().expect("full lock").iter().copied());
     let target = target(dst, plan, &todo, shared, &exclude);
-    let candidates = dst.client.writable_order_indexes(&target.hash);
-    if target.need > 0 && candidates.iter().all(|i| exclude.contains(i)) {
-        // Every writable service lists it, is down or is full. (A block whose copy
-        // first runs after the run learned that the destination is full lands here.)
-        // Nothing is read: no write could take it.
-        let (kind, why) = nowhere_to_write(
-            &opts.skip_dst,
-            &shared.full.lock().expect("full lock"),
-            &exclude,
-        );
-        return Outcome::Failed {
+    // No service left to write: say why (see `nowhere_to_write`), after `what`.
+    let nowhere = |what: &str| {
+        let full = shared.full.lock().expect("full lock");
+        let (kind, why) = nowhere_to_write(&opts.skip_dst, &full, &exclude);
+        Outcome::Failed {
             failure: Failure {
                 locator: loc.to_string(),
                 kind,
-                detail: format!("not copied: {why}"),
+                detail: format!("{what}: {why}"),
             },
             full: Vec::new(),
-        };
+        }
+    };
+    let mut services = dst.client.services().iter().enumerate();
+    if target.need > 0 && services.all(|(i, s)| s.read_only || exclude.contains(&i)) {
+        // Every writable service lists it, is down or is full. (A block whose copy
+        // first runs after the run learned that the destination is full lands here.)
+        // Nothing is read: no write could take it.
+        return nowhere("not copied");
     }
     let streamed = todo.size() > STREAM_ABOVE;
     // Held until the block is written (or given up): what the copy holds in memory,
@@ -278,19 +279,7 @@ async fn copy_one(
             if matches!(&e, keep_client::Error::InsufficientReplicas { failures, .. }
                 if failures.is_empty()) =>
         {
-            let (kind, why) = nowhere_to_write(
-                &opts.skip_dst,
-                &shared.full.lock().expect("full lock"),
-                &exclude,
-            );
-            Outcome::Failed {
-                failure: Failure {
-                    locator: loc.to_string(),
-                    kind,
-                    detail: format!("{}: {why}", short_of(&e)),
-                },
-                full: Vec::new(),
-            }
+            nowhere(&short_of(&e))
         }
         Err(e) => fail(FailureKind::of_write(&e), &e),
     }
